@@ -316,7 +316,7 @@ int mvcc_meta_get(mvcc_store *s, const char *name, void *buf, size_t cap, size_t
 int mvcc_compact_step(mvcc_store *s, size_t max_entries, bool *done);
 
 /* Change feed: every change in [key, range_end) from position (start_revision,
- * start_sub) on, in revision order. Fills out->u.feed-like fields below. At
+ * start_sub) on, in revision order, into *out (free with mvcc_feed_free). At
  * most max_events events (capped at MVCC_FEED_EVENTS_MAX) and at most
  * MVCC_FEED_SCAN_MAX history entries inspected per call. Resume from
  * (next_revision, next_sub). CAIRN_ECOMPACTED if start_revision < the
@@ -373,9 +373,10 @@ int mvcc_defrag(mvcc_store *s);
 /* The data file's descriptor, for checkpoints (storage/checkpoint.h). */
 int mvcc_fd(const mvcc_store *s);
 
-/* Ensure: applied data durable in the data file? Committed batches are
- * written with MDB_NOSYNC; the raft log is the durable record until a
- * checkpoint (storage/checkpoint.h) syncs the file. */
+/* Durability: batches commit with MDB_NOSYNC, so a committed batch survives
+ * a process crash but not a machine crash until a checkpoint
+ * (storage/checkpoint.h) has synced the file; the raft log is the durable
+ * record until then. */
 
 /* The path of the data file inside dir. */
 #define MVCC_DATA_FILE "data.mdb"
