@@ -52,8 +52,12 @@
 #define VALUE_HDR 16u
 /* The version read by historical reads: the one written by this round. */
 #define HIST_READ_ROUND 2u
-/* Raw LMDB map size: sparse, far above what the runs write. */
-#define RAW_MAP_BYTES (64ull << 30)
+/* Raw LMDB map size: RAW_MAP_FACTOR times the bytes of the entries it holds
+ * (half-full pages and copy-on-write stay well inside), at least
+ * RAW_MAP_MIN_BYTES. Sized to the run rather than huge so that the benchmark
+ * also runs under valgrind, which refuses very large mappings. */
+#define RAW_MAP_FACTOR 4u
+#define RAW_MAP_MIN_BYTES (1ull << 30)
 /* MVCC quota for the runs: far above what they write. */
 #define CAIRN_QUOTA_BYTES (64ull << 30)
 /* The MVCC store opens its environment with these flags (storage/mvcc.c:
@@ -64,6 +68,12 @@
 #define VALUE_BYTES_MAX (1024u * 1024u)
 #define VERSIONS_MAX 100u
 #define DIRS 4
+/* A timed measurement runs in ROUNDS rounds, the sides taking turns, and
+ * reports the median round: background load on a shared machine then hits
+ * both sides alike, and one disturbed round does not move the figure. */
+#define ROUNDS 3u
+/* A round runs at least this many steps (transactions, read chunks, scans). */
+#define ROUND_STEPS_MIN 3u
 
 enum side { SIDE_CAIRN = 0, SIDE_RAW = 1, SIDES = 2 };
 
@@ -128,8 +138,10 @@ struct config {
 };
 
 struct measure {
-  uint64_t ops;
-  double seconds;
+  uint64_t ops;    /* over all rounds */
+  double seconds;  /* over all rounds */
+  unsigned rounds; /* 0: a single pass (load, compaction), rated ops / seconds */
+  double round_rate[ROUNDS];
 };
 
 struct raw_db {
@@ -230,24 +242,63 @@ static void shuffle(uint32_t *a, uint64_t n, uint64_t *rng) {
 
 /* ---- keys and values ---- */
 
-static size_t make_key(char *buf, uint32_t prefix_keys, uint64_t i) {
-  int n =
-      snprintf(buf, KEY_BUF, "/registry/pods/ns-%04" PRIu64 "/pod-%08" PRIu64, i / prefix_keys, i);
-  if (n <= 0 || n >= KEY_BUF - 8) {
-    fail("key %" PRIu64 " does not fit", i);
+/* Appends v in decimal, zero-padded to width digits. snprintf would cost as
+ * much as an LMDB get and blur the comparison. */
+static size_t put_dec(char *p, uint64_t v, size_t width) {
+  char tmp[24];
+  size_t n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  while (n < width) {
+    tmp[n++] = '0';
   }
-  return (size_t)n;
+  for (size_t k = 0; k < n; k++) {
+    p[k] = tmp[n - 1 - k];
+  }
+  return n;
+}
+
+#define KEY_HEAD "/registry/pods/ns-"
+#define KEY_POD "/pod-"
+
+/* "/registry/pods/ns-%04u/pod-%08u" of namespace i / prefix_keys, pod i. */
+static size_t make_key(char *buf, uint32_t prefix_keys, uint64_t i) {
+  size_t n = sizeof KEY_HEAD - 1;
+  memcpy(buf, KEY_HEAD, n);
+  n += put_dec(buf + n, i / prefix_keys, 4);
+  memcpy(buf + n, KEY_POD, sizeof KEY_POD - 1);
+  n += sizeof KEY_POD - 1;
+  n += put_dec(buf + n, i, 8);
+  return n;
+}
+_Static_assert(KEY_BUF >= (sizeof KEY_HEAD - 1) + 20 + (sizeof KEY_POD - 1) + 20 + 8,
+               "a key with the largest numbers plus a raw history revision fits KEY_BUF");
+
+/* make_key must give exactly what the documented format gives. */
+static void check_make_key(uint32_t prefix_keys, uint64_t keys) {
+  const uint64_t samples[] = {0, 1, 99, 100, 4242, keys - 1, 99999999};
+  for (size_t s = 0; s < sizeof samples / sizeof samples[0]; s++) {
+    char got[KEY_BUF], want[KEY_BUF];
+    size_t n = make_key(got, prefix_keys, samples[s]);
+    int w = snprintf(want, sizeof want, "/registry/pods/ns-%04" PRIu64 "/pod-%08" PRIu64,
+                     samples[s] / prefix_keys, samples[s]);
+    if (w < 0 || n != (size_t)w || memcmp(got, want, n) != 0) {
+      fail("make_key(%" PRIu64 ") = \"%.*s\", want \"%s\"", samples[s], (int)n, got, want);
+    }
+  }
 }
 
 /* The prefix of namespace ns and its range end ('/' + 1 is '0'). */
 static size_t make_prefix(char *key, char *end, uint64_t ns) {
-  int n = snprintf(key, KEY_BUF, "/registry/pods/ns-%04" PRIu64 "/", ns);
-  if (n <= 0 || n >= KEY_BUF) {
-    fail("prefix %" PRIu64 " does not fit", ns);
-  }
-  memcpy(end, key, (size_t)n);
+  size_t n = sizeof KEY_HEAD - 1;
+  memcpy(key, KEY_HEAD, n);
+  n += put_dec(key + n, ns, 4);
+  key[n++] = '/';
+  memcpy(end, key, n);
   end[n - 1] = '0';
-  return (size_t)n;
+  return n;
 }
 
 static void put_u64(uint8_t *p, uint64_t v) {
@@ -290,11 +341,16 @@ static mvcc_store *cairn_open(const char *dir) {
   return s;
 }
 
-static void raw_open(const char *dir, struct raw_db *r) {
+/* entries: how many key-value pairs the database will hold at most. */
+static void raw_open(const char *dir, struct raw_db *r, uint64_t entries, uint32_t value_bytes) {
   MDB_txn *txn;
+  uint64_t map = RAW_MAP_FACTOR * entries * (KEY_BUF + value_bytes);
+  if (map < RAW_MAP_MIN_BYTES) {
+    map = RAW_MAP_MIN_BYTES;
+  }
   int rc = mdb_env_create(&r->env);
   if (rc == 0) {
-    rc = mdb_env_set_mapsize(r->env, (size_t)RAW_MAP_BYTES);
+    rc = mdb_env_set_mapsize(r->env, (size_t)map);
   }
   if (rc == 0) {
     rc = mdb_env_open(r->env, dir, RAW_ENV_FLAGS, 0644);
@@ -392,13 +448,100 @@ static void raw_put_batch(struct bench *b, const struct raw_db *r, size_t n, uin
   }
 }
 
-static void record(struct bench *b, enum row_id row, enum side side, struct measure m,
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The median round's rate, or ops / seconds of a single pass. */
+static double rate(const struct measure *m) {
+  if (m->rounds > 0) {
+    double r[ROUNDS];
+    memcpy(r, m->round_rate, m->rounds * sizeof r[0]);
+    qsort(r, m->rounds, sizeof r[0], cmp_double);
+    return m->rounds % 2 ? r[m->rounds / 2] : (r[m->rounds / 2 - 1] + r[m->rounds / 2]) / 2;
+  }
+  return m->seconds > 0 ? (double)m->ops / m->seconds : 0.0;
+}
+
+static void record(struct bench *b, enum row_id row, enum side side, const struct measure *m,
                    const char *detail) {
-  b->res[row][side] = m;
+  char rounds[128] = "";
+  size_t o = 0;
+  for (unsigned r = 0; r < m->rounds && o < sizeof rounds; r++) {
+    int n = snprintf(rounds + o, sizeof rounds - o, "%s%.0f", r == 0 ? " (rounds: " : ", ",
+                     m->round_rate[r]);
+    o += n > 0 ? (size_t)n : 0;
+  }
+  if (m->rounds > 0 && o < sizeof rounds) {
+    snprintf(rounds + o, sizeof rounds - o, ")");
+  }
+  b->res[row][side] = *m;
   b->have[row][side] = true;
-  progress(b, "%-38s %-5s %10" PRIu64 " %s in %6.2f s = %12.0f %s%s", ROWS[row].label,
-           SIDE_NAME[side], m.ops, ROWS[row].unit[0] == 'k' ? "keys" : "ops", m.seconds,
-           m.seconds > 0 ? (double)m.ops / m.seconds : 0.0, ROWS[row].unit, detail);
+  progress(b, "%-38s %-5s %10" PRIu64 " %s in %6.2f s: %12.0f %s%s%s", ROWS[row].label,
+           SIDE_NAME[side], m->ops, ROWS[row].unit[0] == 'k' ? "keys" : "ops", m->seconds, rate(m),
+           ROWS[row].unit, rounds, detail);
+}
+
+/* One measured variant: a side doing one kind of work. step does one unit
+ * (a write transaction, a chunk of reads, a scan) and returns how many ops
+ * (or keys) it did. */
+struct variant {
+  enum row_id row;
+  enum side side;
+  uint64_t (*step)(struct bench *b, struct variant *v);
+  uint64_t rng;
+  size_t per_txn;  /* puts per transaction */
+  MDB_txn *txn;    /* raw reads: a reset read transaction, renewed per use */
+  MDB_cursor *cur; /* raw cursor reads */
+  struct measure m;
+};
+
+static uint64_t run_for(struct bench *b, struct variant *v, double seconds, double *elapsed) {
+  uint64_t ops = 0, steps = 0;
+  double t0 = now_s(), t;
+  do {
+    ops += v->step(b, v);
+    steps++;
+    t = now_s() - t0;
+  } while (t < seconds || steps < ROUND_STEPS_MIN);
+  *elapsed = t;
+  return ops;
+}
+
+/* Runs the variants in ROUNDS interleaved rounds of seconds / ROUNDS each,
+ * after an untimed warm-up of half a round each when warm (reads: the first
+ * touches of freshly written pages through the map cost page faults). */
+static void run_rounds(struct bench *b, struct variant *vs, size_t n, bool warm) {
+  const double round_s = b->cfg.seconds / ROUNDS;
+  double t;
+  for (size_t i = 0; warm && i < n; i++) {
+    run_for(b, &vs[i], round_s / 2, &t);
+  }
+  for (unsigned r = 0; r < ROUNDS; r++) {
+    for (size_t i = 0; i < n; i++) {
+      struct measure *m = &vs[i].m;
+      uint64_t ops = run_for(b, &vs[i], round_s, &t);
+      m->round_rate[r] = (double)ops / t;
+      m->ops += ops;
+      m->seconds += t;
+      m->rounds++;
+    }
+  }
+  for (size_t i = 0; i < n; i++) {
+    record(b, vs[i].row, vs[i].side, &vs[i].m, "");
+  }
+}
+
+static void variant_release(struct variant *v) {
+  if (v->cur != NULL) {
+    mdb_cursor_close(v->cur);
+    v->cur = NULL;
+  }
+  if (v->txn != NULL) {
+    mdb_txn_abort(v->txn);
+    v->txn = NULL;
+  }
 }
 
 /* Loads keys 0..N-1 in a shuffled order, LOAD_BATCH puts per transaction. */
@@ -426,41 +569,47 @@ static void phase_load(struct bench *b, const uint32_t *perm) {
         next_report = t + 10.0;
       }
     }
-    struct measure m = {b->cfg.keys, now_s() - t0};
+    struct measure m = {.ops = b->cfg.keys, .seconds = now_s() - t0};
     b->file_bytes[0][side] = file_size(b->dirs[side]);
     char detail[64];
     snprintf(detail, sizeof detail, " (file %.0f MiB)",
              (double)b->file_bytes[0][side] / (1024.0 * 1024.0));
-    record(b, ROW_LOAD, (enum side)side, m, detail);
+    record(b, ROW_LOAD, (enum side)side, &m, detail);
   }
 }
 
-/* Overwrites random keys, per_txn puts per transaction, for at least
- * cfg.seconds and at least 3 transactions. */
-static void phase_puts(struct bench *b, enum row_id row, size_t per_txn) {
-  for (int side = 0; side < SIDES; side++) {
-    if (!b->cfg.sides[side]) {
-      continue;
-    }
-    uint64_t rng = phase_seed(b, 100 + per_txn);
-    uint64_t ops = 0, txns = 0;
-    uint64_t tag = (uint64_t)row;
-    double t0 = now_s(), t;
-    do {
-      for (size_t j = 0; j < per_txn; j++) {
-        b->idx[j] = rng_below(&rng, b->cfg.keys);
-      }
-      if (side == SIDE_CAIRN) {
-        cairn_put_batch(b, b->cairn, per_txn, tag);
-      } else {
-        raw_put_batch(b, &b->raw, per_txn, tag, false);
-      }
-      ops += per_txn;
-      txns++;
-      t = now_s() - t0;
-    } while (t < b->cfg.seconds || txns < 3);
-    record(b, row, (enum side)side, (struct measure){ops, t}, "");
+/* Overwrites of random keys, per_txn puts per transaction. */
+static void random_batch(struct bench *b, struct variant *v) {
+  for (size_t j = 0; j < v->per_txn; j++) {
+    b->idx[j] = rng_below(&v->rng, b->cfg.keys);
   }
+}
+
+static uint64_t step_cairn_put(struct bench *b, struct variant *v) {
+  random_batch(b, v);
+  cairn_put_batch(b, b->cairn, v->per_txn, (uint64_t)v->row);
+  return v->per_txn;
+}
+
+static uint64_t step_raw_put(struct bench *b, struct variant *v) {
+  random_batch(b, v);
+  raw_put_batch(b, &b->raw, v->per_txn, (uint64_t)v->row, false);
+  return v->per_txn;
+}
+
+static void phase_puts(struct bench *b, enum row_id row, size_t per_txn) {
+  struct variant vs[SIDES];
+  size_t n = 0;
+  for (int side = 0; side < SIDES; side++) {
+    if (b->cfg.sides[side]) {
+      vs[n++] = (struct variant){.row = row,
+                                 .side = (enum side)side,
+                                 .step = side == SIDE_CAIRN ? step_cairn_put : step_raw_put,
+                                 .rng = phase_seed(b, 100 + per_txn),
+                                 .per_txn = per_txn};
+    }
+  }
+  run_rounds(b, vs, n, false);
 }
 
 /* ---- reads ---- */
@@ -513,131 +662,147 @@ static void raw_get(struct bench *b, MDB_txn *txn, uint64_t i) {
   check_value(b->copy, v.mv_size, b->cfg.value_bytes, i, 0, false, "raw get");
 }
 
-/* Latest-revision gets of random keys: the MVCC store once, raw LMDB twice
- * (one read transaction per RAW_GETS_PER_TXN gets, and one per get). */
-static void phase_gets(struct bench *b) {
-  const uint64_t seed = phase_seed(b, 200);
-  if (b->cfg.sides[SIDE_CAIRN]) {
-    uint64_t rng = seed, ops = 0;
-    double t0 = now_s(), t;
-    do {
-      for (unsigned c = 0; c < READ_CHUNK; c++) {
-        cairn_get(b, b->cairn, rng_below(&rng, b->cfg.keys), 0, 0, false);
-      }
-      ops += READ_CHUNK;
-      t = now_s() - t0;
-    } while (t < b->cfg.seconds);
-    record(b, ROW_GET_SHARED, SIDE_CAIRN, (struct measure){ops, t}, "");
-    record(b, ROW_GET_PER_TXN, SIDE_CAIRN, (struct measure){ops, t}, " (same run)");
+static uint64_t step_cairn_get(struct bench *b, struct variant *v) {
+  for (unsigned c = 0; c < READ_CHUNK; c++) {
+    cairn_get(b, b->cairn, rng_below(&v->rng, b->cfg.keys), 0, 0, false);
   }
-  if (!b->cfg.sides[SIDE_RAW]) {
-    return;
-  }
-  MDB_txn *txn = raw_read_txn(&b->raw);
-  for (int per_get = 0; per_get < 2; per_get++) {
-    uint64_t rng = seed, ops = 0;
-    double t0 = now_s(), t;
-    do {
-      if (per_get) {
-        for (unsigned c = 0; c < READ_CHUNK; c++) {
-          raw_txn_renew(txn);
-          raw_get(b, txn, rng_below(&rng, b->cfg.keys));
-          mdb_txn_reset(txn);
-        }
-        ops += READ_CHUNK;
-      } else {
-        raw_txn_renew(txn);
-        for (unsigned c = 0; c < RAW_GETS_PER_TXN; c++) {
-          raw_get(b, txn, rng_below(&rng, b->cfg.keys));
-        }
-        mdb_txn_reset(txn);
-        ops += RAW_GETS_PER_TXN;
-      }
-      t = now_s() - t0;
-    } while (t < b->cfg.seconds);
-    record(b, per_get ? ROW_GET_PER_TXN : ROW_GET_SHARED, SIDE_RAW, (struct measure){ops, t}, "");
-  }
-  mdb_txn_abort(txn);
+  return READ_CHUNK;
 }
 
-/* Range scans of whole namespaces (prefix_keys keys each); counts keys. */
+static uint64_t step_raw_get_shared(struct bench *b, struct variant *v) {
+  raw_txn_renew(v->txn);
+  for (unsigned c = 0; c < RAW_GETS_PER_TXN; c++) {
+    raw_get(b, v->txn, rng_below(&v->rng, b->cfg.keys));
+  }
+  mdb_txn_reset(v->txn);
+  return RAW_GETS_PER_TXN;
+}
+
+static uint64_t step_raw_get_per_txn(struct bench *b, struct variant *v) {
+  for (unsigned c = 0; c < READ_CHUNK; c++) {
+    raw_txn_renew(v->txn);
+    raw_get(b, v->txn, rng_below(&v->rng, b->cfg.keys));
+    mdb_txn_reset(v->txn);
+  }
+  return READ_CHUNK;
+}
+
+/* Latest-revision gets of random keys: the MVCC store (one figure, shown in
+ * both rows), raw LMDB with one read transaction per RAW_GETS_PER_TXN gets
+ * and with one per get, as mvcc_range has its own. */
+static void phase_gets(struct bench *b) {
+  const uint64_t seed = phase_seed(b, 200);
+  struct variant vs[3];
+  size_t n = 0;
+  if (b->cfg.sides[SIDE_CAIRN]) {
+    vs[n++] = (struct variant){
+        .row = ROW_GET_SHARED, .side = SIDE_CAIRN, .step = step_cairn_get, .rng = seed};
+  }
+  if (b->cfg.sides[SIDE_RAW]) {
+    vs[n++] = (struct variant){.row = ROW_GET_SHARED,
+                               .side = SIDE_RAW,
+                               .step = step_raw_get_shared,
+                               .rng = seed,
+                               .txn = raw_read_txn(&b->raw)};
+    vs[n++] = (struct variant){.row = ROW_GET_PER_TXN,
+                               .side = SIDE_RAW,
+                               .step = step_raw_get_per_txn,
+                               .rng = seed,
+                               .txn = raw_read_txn(&b->raw)};
+  }
+  run_rounds(b, vs, n, true);
+  if (b->cfg.sides[SIDE_CAIRN]) {
+    record(b, ROW_GET_PER_TXN, SIDE_CAIRN, &vs[0].m, " (the same run)");
+  }
+  for (size_t i = 0; i < n; i++) {
+    variant_release(&vs[i]);
+  }
+}
+
+static uint64_t step_cairn_scan(struct bench *b, struct variant *v) {
+  char key[KEY_BUF], end[KEY_BUF];
+  uint64_t ns = rng_below(&v->rng, b->cfg.keys / b->cfg.prefix_keys);
+  size_t n = make_prefix(key, end, ns);
+  struct mvcc_range_req req = {0};
+  struct mvcc_result res;
+  req.key = (struct mvcc_bytes){(const uint8_t *)key, n};
+  req.range_end = (struct mvcc_bytes){(const uint8_t *)end, n};
+  int rc = mvcc_range(b->cairn, &req, &res);
+  if (rc != 0 || res.err != 0) {
+    fail("mvcc_range of prefix %.*s: %s", (int)n, key, cairn_strerror(rc != 0 ? rc : res.err));
+  }
+  size_t got = res.u.range.n_kvs;
+  if (got != b->cfg.prefix_keys) {
+    fail("mvcc_range of prefix %.*s: %zu keys, want %u", (int)n, key, got, b->cfg.prefix_keys);
+  }
+  mvcc_result_free(&res);
+  return got;
+}
+
+/* A cursor from the prefix to its end, copying keys and values out as an
+ * mvcc result holds copies. */
+static uint64_t step_raw_scan(struct bench *b, struct variant *v) {
+  char key[KEY_BUF], end[KEY_BUF];
+  uint64_t ns = rng_below(&v->rng, b->cfg.keys / b->cfg.prefix_keys);
+  size_t n = make_prefix(key, end, ns);
+  raw_txn_renew(v->txn);
+  int rc = v->cur == NULL ? mdb_cursor_open(v->txn, b->raw.dbi, &v->cur)
+                          : mdb_cursor_renew(v->txn, v->cur);
+  if (rc != 0) {
+    fail("raw cursor: %s", mdb_strerror(rc));
+  }
+  MDB_val k = {n, key}, val;
+  size_t off = 0, got = 0;
+  rc = mdb_cursor_get(v->cur, &k, &val, MDB_SET_RANGE);
+  while (rc == 0) {
+    size_t m = k.mv_size < n ? k.mv_size : n;
+    int c = memcmp(k.mv_data, end, m);
+    if (c > 0 || (c == 0 && k.mv_size >= n)) {
+      break;
+    }
+    if (off + k.mv_size + val.mv_size > b->copy_cap) {
+      fail("raw scan: copy buffer too small");
+    }
+    memcpy(b->copy + off, k.mv_data, k.mv_size);
+    off += k.mv_size;
+    memcpy(b->copy + off, val.mv_data, val.mv_size);
+    off += val.mv_size;
+    got++;
+    rc = mdb_cursor_get(v->cur, &k, &val, MDB_NEXT);
+  }
+  if (rc != 0 && rc != MDB_NOTFOUND) {
+    fail("raw scan: %s", mdb_strerror(rc));
+  }
+  mdb_txn_reset(v->txn);
+  if (got != b->cfg.prefix_keys) {
+    fail("raw scan of prefix %.*s: %zu keys, want %u", (int)n, key, got, b->cfg.prefix_keys);
+  }
+  return got;
+}
+
+/* Range scans of whole namespaces (prefix_keys keys each); rated in keys. */
 static void phase_scans(struct bench *b) {
   const uint64_t seed = phase_seed(b, 300);
-  const uint64_t namespaces = b->cfg.keys / b->cfg.prefix_keys;
-  char key[KEY_BUF], end[KEY_BUF];
-  if (namespaces == 0) {
+  struct variant vs[SIDES];
+  size_t n = 0;
+  if (b->cfg.keys / b->cfg.prefix_keys == 0) {
     progress(b, "scans skipped: fewer keys than --prefix-keys");
     return;
   }
   if (b->cfg.sides[SIDE_CAIRN]) {
-    uint64_t rng = seed, keys = 0;
-    double t0 = now_s(), t;
-    do {
-      uint64_t ns = rng_below(&rng, namespaces);
-      size_t n = make_prefix(key, end, ns);
-      struct mvcc_range_req req = {0};
-      struct mvcc_result res;
-      req.key = (struct mvcc_bytes){(const uint8_t *)key, n};
-      req.range_end = (struct mvcc_bytes){(const uint8_t *)end, n};
-      int rc = mvcc_range(b->cairn, &req, &res);
-      if (rc != 0 || res.err != 0) {
-        fail("mvcc_range of prefix %s: %s", key, cairn_strerror(rc != 0 ? rc : res.err));
-      }
-      if (res.u.range.n_kvs != b->cfg.prefix_keys) {
-        fail("mvcc_range of prefix %s: %zu keys, want %u", key, res.u.range.n_kvs,
-             b->cfg.prefix_keys);
-      }
-      keys += res.u.range.n_kvs;
-      mvcc_result_free(&res);
-      t = now_s() - t0;
-    } while (t < b->cfg.seconds);
-    record(b, ROW_SCAN, SIDE_CAIRN, (struct measure){keys, t}, "");
+    vs[n++] =
+        (struct variant){.row = ROW_SCAN, .side = SIDE_CAIRN, .step = step_cairn_scan, .rng = seed};
   }
   if (b->cfg.sides[SIDE_RAW]) {
-    MDB_txn *txn = raw_read_txn(&b->raw);
-    MDB_cursor *cur = NULL;
-    uint64_t rng = seed, keys = 0;
-    double t0 = now_s(), t;
-    do {
-      uint64_t ns = rng_below(&rng, namespaces);
-      size_t n = make_prefix(key, end, ns);
-      raw_txn_renew(txn);
-      int rc = cur == NULL ? mdb_cursor_open(txn, b->raw.dbi, &cur) : mdb_cursor_renew(txn, cur);
-      if (rc != 0) {
-        fail("raw cursor: %s", mdb_strerror(rc));
-      }
-      MDB_val k = {n, key}, v;
-      size_t off = 0, got = 0;
-      rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-      while (rc == 0) {
-        size_t m = k.mv_size < n ? k.mv_size : n;
-        int c = memcmp(k.mv_data, end, m);
-        if (c > 0 || (c == 0 && k.mv_size >= n)) {
-          break;
-        }
-        if (off + k.mv_size + v.mv_size > b->copy_cap) {
-          fail("raw scan: copy buffer too small");
-        }
-        memcpy(b->copy + off, k.mv_data, k.mv_size);
-        off += k.mv_size;
-        memcpy(b->copy + off, v.mv_data, v.mv_size);
-        off += v.mv_size;
-        got++;
-        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-      }
-      if (rc != 0 && rc != MDB_NOTFOUND) {
-        fail("raw scan: %s", mdb_strerror(rc));
-      }
-      mdb_txn_reset(txn);
-      if (got != b->cfg.prefix_keys) {
-        fail("raw scan of prefix %s: %zu keys, want %u", key, got, b->cfg.prefix_keys);
-      }
-      keys += got;
-      t = now_s() - t0;
-    } while (t < b->cfg.seconds);
-    mdb_cursor_close(cur);
-    mdb_txn_abort(txn);
-    record(b, ROW_SCAN, SIDE_RAW, (struct measure){keys, t}, "");
+    vs[n++] = (struct variant){.row = ROW_SCAN,
+                               .side = SIDE_RAW,
+                               .step = step_raw_scan,
+                               .rng = seed,
+                               .txn = raw_read_txn(&b->raw)};
+  }
+  run_rounds(b, vs, n, true);
+  for (size_t i = 0; i < n; i++) {
+    variant_release(&vs[i]);
   }
 }
 
@@ -711,43 +876,48 @@ static void raw_hist_get(struct bench *b, MDB_cursor *cur, uint64_t i, int64_t r
               "raw historical get");
 }
 
+static uint64_t step_cairn_hist(struct bench *b, struct variant *v) {
+  for (unsigned c = 0; c < READ_CHUNK; c++) {
+    cairn_get(b, b->cairn_hist, rng_below(&v->rng, b->cfg.hist_keys), b->hist_read_rev[SIDE_CAIRN],
+              HIST_READ_ROUND, true);
+  }
+  return READ_CHUNK;
+}
+
+static uint64_t step_raw_hist(struct bench *b, struct variant *v) {
+  for (unsigned c = 0; c < READ_CHUNK; c++) {
+    raw_txn_renew(v->txn);
+    int rc = v->cur == NULL ? mdb_cursor_open(v->txn, b->raw_hist.dbi, &v->cur)
+                            : mdb_cursor_renew(v->txn, v->cur);
+    if (rc != 0) {
+      fail("raw cursor: %s", mdb_strerror(rc));
+    }
+    raw_hist_get(b, v->cur, rng_below(&v->rng, b->cfg.hist_keys), b->hist_read_rev[SIDE_RAW]);
+    mdb_txn_reset(v->txn);
+  }
+  return READ_CHUNK;
+}
+
+/* Gets of random history keys at the revision after round HIST_READ_ROUND,
+ * one read transaction per get on both sides. */
 static void phase_hist_reads(struct bench *b) {
   const uint64_t seed = phase_seed(b, 500);
+  struct variant vs[SIDES];
+  size_t n = 0;
   if (b->cfg.sides[SIDE_CAIRN]) {
-    uint64_t rng = seed, ops = 0;
-    double t0 = now_s(), t;
-    do {
-      for (unsigned c = 0; c < READ_CHUNK; c++) {
-        cairn_get(b, b->cairn_hist, rng_below(&rng, b->cfg.hist_keys), b->hist_read_rev[SIDE_CAIRN],
-                  HIST_READ_ROUND, true);
-      }
-      ops += READ_CHUNK;
-      t = now_s() - t0;
-    } while (t < b->cfg.seconds);
-    record(b, ROW_HIST, SIDE_CAIRN, (struct measure){ops, t}, "");
+    vs[n++] =
+        (struct variant){.row = ROW_HIST, .side = SIDE_CAIRN, .step = step_cairn_hist, .rng = seed};
   }
   if (b->cfg.sides[SIDE_RAW]) {
-    MDB_txn *txn = raw_read_txn(&b->raw_hist);
-    MDB_cursor *cur = NULL;
-    uint64_t rng = seed, ops = 0;
-    double t0 = now_s(), t;
-    do {
-      for (unsigned c = 0; c < READ_CHUNK; c++) {
-        raw_txn_renew(txn);
-        int rc =
-            cur == NULL ? mdb_cursor_open(txn, b->raw_hist.dbi, &cur) : mdb_cursor_renew(txn, cur);
-        if (rc != 0) {
-          fail("raw cursor: %s", mdb_strerror(rc));
-        }
-        raw_hist_get(b, cur, rng_below(&rng, b->cfg.hist_keys), b->hist_read_rev[SIDE_RAW]);
-        mdb_txn_reset(txn);
-      }
-      ops += READ_CHUNK;
-      t = now_s() - t0;
-    } while (t < b->cfg.seconds);
-    mdb_cursor_close(cur);
-    mdb_txn_abort(txn);
-    record(b, ROW_HIST, SIDE_RAW, (struct measure){ops, t}, "");
+    vs[n++] = (struct variant){.row = ROW_HIST,
+                               .side = SIDE_RAW,
+                               .step = step_raw_hist,
+                               .rng = seed,
+                               .txn = raw_read_txn(&b->raw_hist)};
+  }
+  run_rounds(b, vs, n, true);
+  for (size_t i = 0; i < n; i++) {
+    variant_release(&vs[i]);
   }
 }
 
@@ -800,7 +970,8 @@ static void phase_compact(struct bench *b) {
     cairn_get(b, s, 0, 0, b->cfg.versions, true);
     char detail[64];
     snprintf(detail, sizeof detail, " (%" PRIu64 " steps)", steps);
-    record(b, ROW_COMPACT, SIDE_CAIRN, (struct measure){expect, t}, detail);
+    struct measure m = {.ops = expect, .seconds = t};
+    record(b, ROW_COMPACT, SIDE_CAIRN, &m, detail);
   }
   if (b->cfg.sides[SIDE_RAW]) {
     const struct raw_db *r = &b->raw_hist;
@@ -869,7 +1040,8 @@ static void phase_compact(struct bench *b) {
     }
     char detail[64];
     snprintf(detail, sizeof detail, " (%" PRIu64 " txns)", txns);
-    record(b, ROW_COMPACT, SIDE_RAW, (struct measure){deleted, t}, detail);
+    struct measure m = {.ops = deleted, .seconds = t};
+    record(b, ROW_COMPACT, SIDE_RAW, &m, detail);
   }
 }
 
@@ -918,10 +1090,6 @@ static void describe_machine(struct machine *m) {
 
 /* ---- output ---- */
 
-static double rate(const struct measure *m) {
-  return m->seconds > 0 ? (double)m->ops / m->seconds : 0.0;
-}
-
 static void fmt_rate(char *buf, size_t cap, double r) {
   char digits[32];
   snprintf(digits, sizeof digits, "%.0f", r);
@@ -943,9 +1111,9 @@ static void print_table(const struct bench *b, const struct machine *m) {
          " keys of 35 bytes (\"/registry/pods/ns-NNNN/pod-NNNNNNNN\"), %u-byte values; "
          "scans of %u-key prefixes;\nhistory store %" PRIu64
          " keys x %u versions, read at round "
-         "%u; >= %.1f s per measurement; seed %" PRIu64 "%s\n\n",
+         "%u; %.1f s per measurement in %u rounds (median); seed %" PRIu64 "%s\n\n",
          c->keys, c->value_bytes, c->prefix_keys, c->hist_keys, c->versions, HIST_READ_ROUND,
-         c->seconds, c->seed, c->quick ? " (--quick)" : "");
+         c->seconds, ROUNDS, c->seed, c->quick ? " (--quick)" : "");
   printf("%-40s %10s %14s %14s %10s\n", "operation", "unit", "cairn", "raw LMDB", "raw/cairn");
   bool any_goal = false, goal_met = true;
   for (int r = 0; r < ROW_COUNT; r++) {
@@ -1037,8 +1205,16 @@ static void write_json(const struct bench *b, const struct machine *m) {
     for (int s = 0; s < SIDES; s++) {
       if (b->have[r][s]) {
         const struct measure *ms = &b->res[r][s];
-        fprintf(f, ", \"%s\": {\"ops\": %" PRIu64 ", \"seconds\": %.6f, \"rate\": %.1f}",
+        fprintf(f, ", \"%s\": {\"ops\": %" PRIu64 ", \"seconds\": %.6f, \"rate\": %.1f",
                 SIDE_NAME[s], ms->ops, ms->seconds, rate(ms));
+        if (ms->rounds > 0) {
+          fprintf(f, ", \"round_rates\": [");
+          for (unsigned k = 0; k < ms->rounds; k++) {
+            fprintf(f, "%s%.1f", k == 0 ? "" : ", ", ms->round_rate[k]);
+          }
+          fputc(']', f);
+        }
+        fputc('}', f);
       }
     }
     if (b->have[r][SIDE_CAIRN] && b->have[r][SIDE_RAW] && rate(&b->res[r][SIDE_CAIRN]) > 0) {
@@ -1065,8 +1241,8 @@ static void usage(FILE *f) {
           "  --prefix-keys P    keys per namespace, the length of a prefix scan (default 100)\n"
           "  --hist-keys H      keys in the history stores (default 200000; --quick 20000)\n"
           "  --versions V       versions written per history key (default 5, at least 3)\n"
-          "  --seconds S        minimum duration of each timed measurement (default 2;\n"
-          "                     --quick 0.5)\n"
+          "  --seconds S        duration of each timed measurement, split into %u rounds\n"
+          "                     that alternate the sides (default 3; --quick 0.6)\n"
           "  --seed S           random seed (default 42)\n"
           "  --quick            a short run (under 30 s)\n"
           "  --json FILE        also write the results as JSON\n"
@@ -1074,7 +1250,7 @@ static void usage(FILE *f) {
           "  --only LIST        comma-separated phases: puts,gets,scans,hist,compact\n"
           "                     (default all; the load runs whenever puts, gets or scans do)\n"
           "  --keep             keep the stores instead of removing them at the end\n",
-          VALUE_HDR);
+          VALUE_HDR, ROUNDS);
 }
 
 static uint64_t parse_u64(const char *opt, const char *s, uint64_t min, uint64_t max) {
@@ -1185,7 +1361,7 @@ static void parse_args(int argc, char **argv, struct config *c) {
   }
   c->versions = versions != 0 ? versions : 5;
   if (c->seconds == 0) {
-    c->seconds = c->quick ? 0.5 : 2.0;
+    c->seconds = c->quick ? 0.6 : 3.0;
   }
   /* Keep the key shape: a 4-digit namespace and an 8-digit pod number. */
   if ((c->keys - 1) / c->prefix_keys > 9999 || (c->hist_keys - 1) / c->prefix_keys > 9999) {
@@ -1241,6 +1417,7 @@ int main(int argc, char **argv) {
   parse_args(argc, argv, &b->cfg);
   const struct config *c = &b->cfg;
   b->t_start = now_s();
+  check_make_key(c->prefix_keys, c->keys);
   describe_machine(&machine);
   progress(b, "cairn-storage-bench: %s, %s; %" PRIu64 " keys, %u-byte values, seed %" PRIu64,
            machine.cpu, machine.kernel, c->keys, c->value_bytes, c->seed);
@@ -1267,7 +1444,7 @@ int main(int argc, char **argv) {
       b->cairn = cairn_open(b->dirs[0]);
     }
     if (c->sides[SIDE_RAW]) {
-      raw_open(b->dirs[1], &b->raw);
+      raw_open(b->dirs[1], &b->raw, c->keys, c->value_bytes);
     }
     uint32_t *perm = xcalloc(c->keys, sizeof *perm);
     uint64_t rng = phase_seed(b, 1);
@@ -1299,7 +1476,7 @@ int main(int argc, char **argv) {
       b->cairn_hist = cairn_open(b->dirs[2]);
     }
     if (c->sides[SIDE_RAW]) {
-      raw_open(b->dirs[3], &b->raw_hist);
+      raw_open(b->dirs[3], &b->raw_hist, c->hist_keys * c->versions, c->value_bytes);
     }
     phase_hist_setup(b);
     if (c->phases & PH_HIST) {
