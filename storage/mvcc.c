@@ -446,7 +446,7 @@ int store_reopen(mvcc_store *s) {
 
 /* Grows the map after MDB_MAP_FULL. Only possible while no other thread has a
  * read transaction open (LMDB's rule for mdb_env_set_mapsize). */
-static int store_grow_map(mvcc_store *s) {
+int store_grow_map(mvcc_store *s) {
   if (s->map_size >= s->map_size_max) {
     return CAIRN_ENOSPACE;
   }

@@ -17,7 +17,22 @@
  * a tombstone at or below it goes too, with the key's kv record if that is
  * still the tombstone. What remains at or below the compacted revision is
  * exactly the latest live version of each key as of that revision. */
+static int compact_step_once(mvcc_store *s, size_t max_entries, bool *done);
+
 int mvcc_compact_step(mvcc_store *s, size_t max_entries, bool *done) {
+  for (;;) {
+    int rc = compact_step_once(s, max_entries, done);
+    if (rc != CAIRN_ENOSPACE) {
+      return rc;
+    }
+    /* MDB_MAP_FULL: grow the map and redo the step; nothing was committed. */
+    if ((rc = store_grow_map(s)) != 0) {
+      return rc;
+    }
+  }
+}
+
+static int compact_step_once(mvcc_store *s, size_t max_entries, bool *done) {
   if (max_entries == 0) {
     max_entries = MVCC_COMPACT_STEP_DEFAULT;
   }

@@ -135,6 +135,8 @@ int meta_get_i64(MDB_txn *txn, MDB_dbi dbi, const char *name, int64_t *out);
 int write_op(struct ctx *c, const struct mvcc_op *op, struct mvcc_result *res);
 int store_reopen(mvcc_store *s);
 void store_drop_rtxn(mvcc_store *s);
+/* Grows the map after MDB_MAP_FULL; CAIRN_ENOSPACE at the maximum. */
+int store_grow_map(mvcc_store *s);
 int meta_put_raw(MDB_txn *txn, MDB_dbi dbi, const char *name, const void *p, size_t n);
 
 #endif
