@@ -67,7 +67,7 @@
 /* A timed measurement runs in ROUNDS rounds, the sides taking turns, and
  * reports the median round: background load on a shared machine then hits
  * both sides alike, and one disturbed round does not move the figure. */
-#define ROUNDS 3u
+#define ROUNDS 5u
 /* A round runs at least this many steps (transactions, read chunks, scans). */
 #define ROUND_STEPS_MIN 3u
 /* Reopens of the MVCC history store allowed when a compaction step reports
@@ -112,12 +112,15 @@ static const struct row_def ROWS[ROW_COUNT] = {
 
 /* Phases selectable with --only. */
 enum {
-  PH_PUTS = 1u << 0,
-  PH_GETS = 1u << 1,
-  PH_SCANS = 1u << 2,
-  PH_HIST = 1u << 3,
-  PH_COMPACT = 1u << 4,
-  PH_ALL = (1u << 5) - 1
+  PH_PUT1 = 1u << 0,
+  PH_PUT100 = 1u << 1,
+  PH_PUT1000 = 1u << 2,
+  PH_PUTS = PH_PUT1 | PH_PUT100 | PH_PUT1000,
+  PH_GETS = 1u << 3,
+  PH_SCANS = 1u << 4,
+  PH_HIST = 1u << 5,
+  PH_COMPACT = 1u << 6,
+  PH_ALL = (1u << 7) - 1
 };
 
 struct config {
@@ -1265,7 +1268,8 @@ static void usage(FILE *f) {
           "  --quick            a short run (under 30 s)\n"
           "  --json FILE        also write the results as JSON\n"
           "  --side SIDE        cairn, raw or both (default both), e.g. for profiling\n"
-          "  --only LIST        comma-separated phases: puts,gets,scans,hist,compact\n"
+          "  --only LIST        comma-separated phases: puts (or put1,put100,put1000),\n"
+          "                     gets,scans,hist,compact\n"
           "                     (default all; the load runs whenever puts, gets or scans do)\n"
           "  --keep             keep the stores instead of removing them at the end\n",
           VALUE_HDR, ROUNDS);
@@ -1285,11 +1289,9 @@ static unsigned parse_phases(const char *s) {
   static const struct {
     const char *name;
     unsigned bit;
-  } names[] = {{"puts", PH_PUTS},
-               {"gets", PH_GETS},
-               {"scans", PH_SCANS},
-               {"hist", PH_HIST},
-               {"compact", PH_COMPACT}};
+  } names[] = {{"puts", PH_PUTS},       {"put1", PH_PUT1},      {"put100", PH_PUT100},
+               {"put1000", PH_PUT1000}, {"gets", PH_GETS},      {"scans", PH_SCANS},
+               {"hist", PH_HIST},       {"compact", PH_COMPACT}};
   unsigned phases = 0;
   while (*s != '\0') {
     size_t n = strcspn(s, ",");
@@ -1478,9 +1480,13 @@ int main(int argc, char **argv) {
     if (c->phases & PH_SCANS) {
       phase_scans(b);
     }
-    if (c->phases & PH_PUTS) {
+    if (c->phases & PH_PUT1) {
       phase_puts(b, ROW_PUT1, 1);
+    }
+    if (c->phases & PH_PUT100) {
       phase_puts(b, ROW_PUT100, 100);
+    }
+    if (c->phases & PH_PUT1000) {
       phase_puts(b, ROW_PUT1000, 1000);
     }
     if (b->cairn != NULL) {
