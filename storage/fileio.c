@@ -77,6 +77,10 @@ bool fileio_uses_uring(const fileio *f) {
   return f->backend == &fileio_uring_backend;
 }
 
+uv_loop_t *fileio_loop(const fileio *f) {
+  return f->loop;
+}
+
 unsigned fileio_inflight(const fileio *f) {
   return f->inflight;
 }

@@ -63,6 +63,9 @@ int fileio_init(uv_loop_t *loop, unsigned flags, fileio **out);
 /* true when f runs on io_uring, false on the thread pool. */
 bool fileio_uses_uring(const fileio *f);
 
+/* The loop f is bound to. */
+uv_loop_t *fileio_loop(const fileio *f);
+
 /* Operations in flight right now (0..FILEIO_INFLIGHT_MAX). */
 unsigned fileio_inflight(const fileio *f);
 

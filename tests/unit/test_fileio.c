@@ -4,6 +4,8 @@
  * the thread pool (FILEIO_FORCE_FALLBACK). */
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <stdbool.h>
 
 #include "storage/fileio.h"
@@ -427,6 +429,35 @@ static void test_errors(void) {
   close_fio(f);
 }
 
+/* A file size limit makes the kernel cut a write short: the short count is
+ * reported as it is, and the next write fails with EFBIG. */
+static void test_short_write(void) {
+  enum { LIMIT = 10000, LEN = 25000 };
+  fileio *f = open_fio();
+  int fd = open_tmp("short", O_RDWR | O_CREAT | O_TRUNC);
+  uint8_t *buf = malloc(LEN);
+  CHECK(buf);
+  fill_random(buf, LEN);
+  struct rlimit saved, lim;
+  CHECK(getrlimit(RLIMIT_FSIZE, &saved) == 0);
+  lim = saved;
+  lim.rlim_cur = LIMIT;
+  void (*old)(int) = signal(SIGXFSZ, SIG_IGN);
+  CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+  struct rec a = {0}, b = {0};
+  CHECK_OK(fileio_write(f, fd, buf, LEN, 0, &a, on_done));
+  run_loop();
+  CHECK_EQ_INT(a.result, LIMIT);
+  CHECK_OK(fileio_write(f, fd, buf + LIMIT, LEN - LIMIT, LIMIT, &b, on_done));
+  run_loop();
+  CHECK_EQ_INT(b.result, -EFBIG);
+  CHECK(setrlimit(RLIMIT_FSIZE, &saved) == 0);
+  signal(SIGXFSZ, old);
+  free(buf);
+  close(fd);
+  close_fio(f);
+}
+
 static void run_pass(unsigned flags, bool uring) {
   mode_flags = flags;
   mode_uring = uring;
@@ -438,6 +469,7 @@ static void run_pass(unsigned flags, bool uring) {
   TEST_RUN(test_close_inflight);
   TEST_RUN(test_close_from_callback);
   TEST_RUN(test_errors);
+  TEST_RUN(test_short_write);
 }
 
 int main(void) {
