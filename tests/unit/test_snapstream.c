@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <sys/resource.h>
 
+#include "storage/mvcc.h"
 #include "storage/snapshot_stream.h"
 #include "test.h"
 
@@ -440,6 +441,113 @@ static void test_short_write(void) {
   close_fio(f);
 }
 
+/* A real snapshot: exported by the store, streamed from a reader into a
+ * writer chunk by chunk (as a transfer between members would), imported into
+ * a new directory; the copy has the same state. */
+struct pump {
+  snapstream_reader *r;
+  snapstream_writer *w;
+  int status;
+  bool done;
+};
+
+static void pump_read(struct pump *p);
+
+static void on_pump_finished(void *data, int status) {
+  struct pump *p = data;
+  p->status = status;
+  p->done = true;
+}
+
+static void on_pump_written(void *data, int status) {
+  struct pump *p = data;
+  CHECK_OK(status);
+  pump_read(p); /* only now may the reader's chunk be replaced */
+}
+
+static void on_pump_chunk(void *data, int status, const uint8_t *chunk, size_t len) {
+  struct pump *p = data;
+  CHECK_OK(status);
+  if (len == 0) {
+    CHECK_OK(snapstream_writer_finish(p->w, p, on_pump_finished));
+    return;
+  }
+  CHECK_OK(snapstream_writer_write(p->w, chunk, len, p, on_pump_written));
+}
+
+static void pump_read(struct pump *p) {
+  CHECK_OK(snapstream_reader_next(p->r, p, on_pump_chunk));
+}
+
+static void test_mvcc_snapshot_transfer(void) {
+  fileio *f = open_fio();
+  char *base = test_tmpdir("snapxfer");
+  char src_dir[600], dst_dir[600], exported[600], received[600];
+  snprintf(src_dir, sizeof src_dir, "%s/store-src", base);
+  snprintf(dst_dir, sizeof dst_dir, "%s/store-dst", base);
+  snprintf(exported, sizeof exported, "%s/exported.snap", base);
+  snprintf(received, sizeof received, "%s/received.snap", base);
+  mvcc_store *s;
+  CHECK_OK(mvcc_open(src_dir, NULL, &s));
+  char key[32], val[64];
+  for (uint64_t i = 1; i <= 300; i++) {
+    snprintf(key, sizeof key, "key-%04u", (unsigned)test_rand_below(100));
+    snprintf(val, sizeof val, "value-%" PRIu64, test_rand());
+    struct mvcc_op op = {0};
+    struct mvcc_result res;
+    op.type = MVCC_OP_PUT;
+    op.raft_index = i;
+    op.raft_term = 2;
+    op.u.put.key = (struct mvcc_bytes){(const uint8_t *)key, strlen(key)};
+    op.u.put.value = (struct mvcc_bytes){(const uint8_t *)val, strlen(val)};
+    CHECK_OK(mvcc_apply(s, &op, 1, &res));
+    CHECK_OK(res.err);
+    mvcc_result_free(&res);
+  }
+  int64_t rev = mvcc_current_revision(s);
+  CHECK_OK(mvcc_snapshot_export(s, exported));
+  mvcc_close(s);
+
+  struct pump p = {0};
+  CHECK_OK(snapstream_reader_open(f, exported, 4096 + (size_t)test_rand_below(65536), &p.r));
+  CHECK(snapstream_reader_size(p.r) > 0);
+  CHECK_OK(snapstream_writer_open(f, received, &p.w));
+  pump_read(&p);
+  run_loop();
+  CHECK(p.done);
+  CHECK_OK(p.status);
+  snapstream_reader_close(p.r);
+
+  /* Byte for byte the same file. */
+  FILE *a = fopen(exported, "rb"), *b = fopen(received, "rb");
+  CHECK(a && b);
+  int ca, cb;
+  do {
+    ca = fgetc(a);
+    cb = fgetc(b);
+    CHECK_EQ_INT(ca, cb);
+  } while (ca != EOF);
+  fclose(a);
+  fclose(b);
+
+  CHECK_OK(mvcc_snapshot_import(dst_dir, received));
+  CHECK_OK(mvcc_open(dst_dir, NULL, &s));
+  CHECK_EQ_INT(mvcc_applied_index(s), 300);
+  CHECK_EQ_INT(mvcc_current_revision(s), rev);
+  struct mvcc_range_req rq = {0};
+  rq.key = (struct mvcc_bytes){(const uint8_t *)key, strlen(key)};
+  struct mvcc_result res;
+  CHECK_OK(mvcc_range(s, &rq, &res));
+  CHECK_EQ_INT(res.u.range.n_kvs, 1);
+  CHECK_EQ_INT(res.u.range.kvs[0].value.len, strlen(val));
+  CHECK(memcmp(res.u.range.kvs[0].value.data, val, strlen(val)) == 0);
+  mvcc_result_free(&res);
+  mvcc_close(s);
+
+  test_rmdir(base);
+  close_fio(f);
+}
+
 static void run_pass(unsigned flags, bool uring) {
   mode_flags = flags;
   mode_uring = uring;
@@ -449,6 +557,7 @@ static void run_pass(unsigned flags, bool uring) {
   TEST_RUN(test_misuse);
   TEST_RUN(test_reader_edges);
   TEST_RUN(test_short_write);
+  TEST_RUN(test_mvcc_snapshot_transfer);
 }
 
 int main(void) {
