@@ -22,8 +22,7 @@ static void on_synced(void *data, int64_t result) {
   int64_t revision = c->revision;
   free(c);
   if (result < 0) {
-    fprintf(stderr, "cairn: checkpoint: fsync %s: %s\n", MVCC_DATA_FILE,
-            strerror((int)-result));
+    fprintf(stderr, "cairn: checkpoint: fsync %s: %s\n", MVCC_DATA_FILE, strerror((int)-result));
     cb(cb_data, CAIRN_EIO, 0, 0);
     return;
   }

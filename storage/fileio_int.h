@@ -21,12 +21,12 @@ struct fileio_op {
   fileio *f;
   enum fileio_op_type type;
   int fd;
-  bool datasync;  /* FSYNC: fdatasync instead of fsync */
-  void *buf;      /* READ target; WRITE source (never written to) */
-  uint32_t len;   /* <= FILEIO_IO_BYTES_MAX */
+  bool datasync;   /* FSYNC: fdatasync instead of fsync */
+  void *buf;       /* READ target; WRITE source (never written to) */
+  uint32_t len;    /* <= FILEIO_IO_BYTES_MAX */
   uint64_t offset; /* <= INT64_MAX */
-  uint32_t index; /* this slot's position in the fileio's slot array */
-  bool busy;      /* in flight */
+  uint32_t index;  /* this slot's position in the fileio's slot array */
+  bool busy;       /* in flight */
   void *data;
   fileio_cb cb;
   struct fileio_op *next_free;

@@ -43,21 +43,21 @@ static void work(uv_work_t *req) {
   const struct fileio_op *op = w->op;
   ssize_t n = 0;
   switch (op->type) {
-  case FILEIO_OP_READ:
-    do {
-      n = pread(op->fd, op->buf, op->len, (off_t)op->offset);
-    } while (n < 0 && errno == EINTR);
-    break;
-  case FILEIO_OP_WRITE:
-    do {
-      n = pwrite(op->fd, op->buf, op->len, (off_t)op->offset);
-    } while (n < 0 && errno == EINTR);
-    break;
-  case FILEIO_OP_FSYNC:
-    do {
-      n = op->datasync ? fdatasync(op->fd) : fsync(op->fd);
-    } while (n < 0 && errno == EINTR);
-    break;
+    case FILEIO_OP_READ:
+      do {
+        n = pread(op->fd, op->buf, op->len, (off_t)op->offset);
+      } while (n < 0 && errno == EINTR);
+      break;
+    case FILEIO_OP_WRITE:
+      do {
+        n = pwrite(op->fd, op->buf, op->len, (off_t)op->offset);
+      } while (n < 0 && errno == EINTR);
+      break;
+    case FILEIO_OP_FSYNC:
+      do {
+        n = op->datasync ? fdatasync(op->fd) : fsync(op->fd);
+      } while (n < 0 && errno == EINTR);
+      break;
   }
   w->result = n < 0 ? -(int64_t)errno : (int64_t)n;
 }

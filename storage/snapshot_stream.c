@@ -138,8 +138,7 @@ static void on_reader_read(void *data, int64_t result) {
     return;
   }
   if (result == 0) {
-    fprintf(stderr, "snapstream: read %s: file shorter than its size at open (%" PRIu64
-                    " bytes)\n",
+    fprintf(stderr, "snapstream: read %s: file shorter than its size at open (%" PRIu64 " bytes)\n",
             r->path, r->size);
     reader_deliver(r, CAIRN_EIO, 0);
     return;
@@ -214,7 +213,7 @@ struct snapstream_writer {
   int dirfd;
   char *final_path;
   char *tmp_path;
-  uint64_t size;     /* bytes appended by completed writes */
+  uint64_t size;      /* bytes appended by completed writes */
   const uint8_t *src; /* the pending write */
   size_t len;
   size_t done;
@@ -228,21 +227,21 @@ struct snapstream_writer {
 static void writer_set_state(snapstream_writer *w, enum writer_state next) {
   bool ok = false;
   switch (w->state) {
-  case W_OPEN:
-    ok = next == W_WRITING || next == W_SYNCING;
-    break;
-  case W_WRITING:
-    ok = next == W_OPEN || next == W_FAILED || next == W_ABORTED;
-    break;
-  case W_SYNCING:
-    ok = next == W_DIRSYNC || next == W_FAILED;
-    break;
-  case W_DIRSYNC:
-    ok = next == W_FAILED;
-    break;
-  case W_FAILED:
-  case W_ABORTED:
-    break;
+    case W_OPEN:
+      ok = next == W_WRITING || next == W_SYNCING;
+      break;
+    case W_WRITING:
+      ok = next == W_OPEN || next == W_FAILED || next == W_ABORTED;
+      break;
+    case W_SYNCING:
+      ok = next == W_DIRSYNC || next == W_FAILED;
+      break;
+    case W_DIRSYNC:
+      ok = next == W_FAILED;
+      break;
+    case W_FAILED:
+    case W_ABORTED:
+      break;
   }
   CAIRN_ASSERT(ok);
   w->state = next;
@@ -352,8 +351,8 @@ static void on_writer_write(void *data, int64_t result) {
   CAIRN_ASSERT((uint64_t)result <= w->len - w->done);
   w->done += (size_t)result;
   if (w->done < w->len) {
-    int rc = fileio_write(w->f, w->fd, w->src + w->done, w->len - w->done, w->size + w->done,
-                          w, on_writer_write);
+    int rc = fileio_write(w->f, w->fd, w->src + w->done, w->len - w->done, w->size + w->done, w,
+                          on_writer_write);
     if (rc != 0) {
       writer_fail(w, rc);
     }

@@ -59,8 +59,9 @@ static void flush(struct uring_state *s) {
     if (rc == -EAGAIN || rc == -EBUSY || rc == -ENOMEM) {
       break;
     }
-    fprintf(stderr, "fileio: io_uring_submit: %s\n", strerror(-rc));
-    CAIRN_ASSERT(!"io_uring_submit failed on a ring fileio owns");
+    fprintf(stderr, "%s:%d: fileio: io_uring_submit failed on a ring it owns: %s\n", __FILE__,
+            __LINE__, strerror(-rc));
+    abort();
   }
   if (io_uring_sq_ready(&s->ring) > 0) {
     if (!uv_is_active((uv_handle_t *)&s->retry)) {
@@ -142,15 +143,15 @@ static int uring_submit(void *state, struct fileio_op *op) {
     }
   }
   switch (op->type) {
-  case FILEIO_OP_READ:
-    io_uring_prep_read(sqe, op->fd, op->buf, op->len, op->offset);
-    break;
-  case FILEIO_OP_WRITE:
-    io_uring_prep_write(sqe, op->fd, op->buf, op->len, op->offset);
-    break;
-  case FILEIO_OP_FSYNC:
-    io_uring_prep_fsync(sqe, op->fd, op->datasync ? IORING_FSYNC_DATASYNC : 0);
-    break;
+    case FILEIO_OP_READ:
+      io_uring_prep_read(sqe, op->fd, op->buf, op->len, op->offset);
+      break;
+    case FILEIO_OP_WRITE:
+      io_uring_prep_write(sqe, op->fd, op->buf, op->len, op->offset);
+      break;
+    case FILEIO_OP_FSYNC:
+      io_uring_prep_fsync(sqe, op->fd, op->datasync ? IORING_FSYNC_DATASYNC : 0);
+      break;
   }
   io_uring_sqe_set_data(sqe, op);
   /* From here the SQE is in the ring and cannot be taken back: the op is

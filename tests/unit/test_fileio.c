@@ -5,8 +5,8 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <stdbool.h>
+#include <sys/resource.h>
 
 #include "storage/fileio.h"
 #include "test.h"
@@ -408,8 +408,7 @@ static void test_errors(void) {
   }
 
   /* Refused at the call: no callback. */
-  CHECK_ERR(fileio_read(f, rdonly, buf, 1, (uint64_t)INT64_MAX + 1, &r[10], on_done),
-            CAIRN_EINVAL);
+  CHECK_ERR(fileio_read(f, rdonly, buf, 1, (uint64_t)INT64_MAX + 1, &r[10], on_done), CAIRN_EINVAL);
   CHECK_ERR(fileio_write(f, wronly, "x", 1, UINT64_MAX, &r[10], on_done), CAIRN_EINVAL);
   CHECK_ERR(fileio_read(f, rdonly, NULL, 1, 0, &r[10], on_done), CAIRN_EINVAL);
   CHECK_ERR(fileio_write(f, wronly, NULL, 4, 0, &r[10], on_done), CAIRN_EINVAL);
@@ -477,7 +476,7 @@ int main(void) {
   CHECK_OK(uv_loop_init(&loop));
   loop_thread = pthread_self();
   dir = test_tmpdir("fileio");
-  /* A whole-process run may force the fallback; the tests then say so. */
+  /* This test sets CAIRN_NO_URING itself (below): ignore the caller's. */
   unsetenv("CAIRN_NO_URING");
 
   fileio *probe = NULL;

@@ -317,7 +317,7 @@ static void test_misuse(void) {
   snapstream_reader *r = NULL;
   CHECK_ERR(snapstream_reader_open(f, path, SNAPSTREAM_CHUNK_MAX + 1, &r), CAIRN_EINVAL);
   fprintf(stderr, "(an error message about a missing file is expected next)\n");
-  CHECK_ERR(snapstream_reader_open(f, path, 0, &r), CAIRN_EIO); /* no such file */
+  CHECK_ERR(snapstream_reader_open(f, path, 0, &r), CAIRN_EIO);   /* no such file */
   CHECK_ERR(snapstream_reader_open(f, dir, 0, &r), CAIRN_EINVAL); /* a directory */
   CHECK(r == NULL);
   CHECK_ERR(snapstream_writer_open(f, "", &w), CAIRN_EINVAL);
