@@ -40,7 +40,8 @@
   X(LEADER_CHANGED, 14, "etcdserver: leader changed")                           \
   X(WATCH_CANCELED, 1, "etcdserver: watch canceled")                            \
   X(FOREIGN_FILE, 15, "cairn: data file is not a Cairn store")                  \
-  X(BUSY, 14, "cairn: resource busy")
+  X(BUSY, 14, "cairn: resource busy")                                           \
+  X(UNSYNCED, 15, "cairn: data file was not synced before the machine restarted")
 
 enum cairn_error {
   CAIRN_OK = 0,

@@ -8,7 +8,9 @@
  * thread pool: the loop never waits on the disk). When the sync completes
  * with status 0, every batch committed before the call is on disk, and the
  * raft log may be truncated up to durable_index: replaying from
- * durable_index + 1 rebuilds the rest.
+ * durable_index + 1 rebuilds the rest. Then the sync marker (mvcc.h) is
+ * written and synced, so that after a machine crash mvcc_open() knows the
+ * data file is whole up to this point.
  *
  * Ordering: checkpoints may overlap, and their callbacks may run in any
  * order; each reports the values it captured, so a later callback can report

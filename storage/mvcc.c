@@ -317,6 +317,104 @@ static int store_open_dbs(mvcc_store *s) {
   return lmdb_err(rc, "commit meta");
 }
 
+/* ---- sync marker ---------------------------------------------------------- */
+
+struct sync_marker {
+  char magic[16];
+  char boot[40];
+  uint64_t txnid;
+};
+CAIRN_STATIC_ASSERT(sizeof(struct sync_marker) == MVCC_SYNC_MARKER_BYTES, "marker layout");
+#define SYNC_MARKER_MAGIC "cairn-synced-1"
+
+/* The machine's boot id; empty when unknown. */
+static void boot_id(char out[40]) {
+  memset(out, 0, 40);
+  const char *env = getenv("CAIRN_BOOT_ID");
+  if (env != NULL) {
+    snprintf(out, 40, "%s", env);
+    return;
+  }
+  FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+  if (f == NULL) {
+    return;
+  }
+  if (fgets(out, 40, f) == NULL) {
+    out[0] = 0;
+  }
+  fclose(f);
+  out[strcspn(out, "\n")] = 0;
+}
+
+void mvcc_sync_marker(mvcc_store *s, uint8_t buf[MVCC_SYNC_MARKER_BYTES]) {
+  struct sync_marker m;
+  memset(&m, 0, sizeof m);
+  memcpy(m.magic, SYNC_MARKER_MAGIC, sizeof SYNC_MARKER_MAGIC);
+  boot_id(m.boot);
+  MDB_envinfo info;
+  m.txnid = mdb_env_info(s->env, &info) == 0 ? (uint64_t)info.me_last_txnid : 0;
+  memcpy(buf, &m, sizeof m);
+}
+
+void mvcc_sync_marker_full(uint8_t buf[MVCC_SYNC_MARKER_BYTES]) {
+  struct sync_marker m;
+  memset(&m, 0, sizeof m);
+  memcpy(m.magic, SYNC_MARKER_MAGIC, sizeof SYNC_MARKER_MAGIC);
+  boot_id(m.boot);
+  m.txnid = UINT64_MAX;
+  memcpy(buf, &m, sizeof m);
+}
+
+int mvcc_sync_marker_fd(const mvcc_store *s) {
+  return s->marker_fd;
+}
+
+/* Syncs the data file, then writes and syncs the marker (blocking). */
+static int marker_sync_now(mvcc_store *s) {
+  int rc = mdb_env_sync(s->env, 1);
+  if (rc != 0) {
+    return lmdb_err(rc, "sync");
+  }
+  uint8_t buf[MVCC_SYNC_MARKER_BYTES];
+  mvcc_sync_marker(s, buf);
+  if (pwrite(s->marker_fd, buf, sizeof buf, 0) != (ssize_t)sizeof buf ||
+      fdatasync(s->marker_fd) != 0) {
+    fprintf(stderr, "cairn: storage: write %s/%s: %s\n", s->dir, MVCC_SYNC_MARKER_FILE,
+            strerror(errno));
+    return CAIRN_EIO;
+  }
+  return 0;
+}
+
+/* Refuses a data file that holds transactions written in an earlier boot of
+ * the machine and never synced: a machine crash may have torn them. */
+static int marker_check(mvcc_store *s) {
+  struct sync_marker m;
+  memset(&m, 0, sizeof m);
+  ssize_t n = pread(s->marker_fd, &m, sizeof m, 0);
+  if (n != (ssize_t)sizeof m || memcmp(m.magic, SYNC_MARKER_MAGIC, sizeof SYNC_MARKER_MAGIC) != 0) {
+    /* No marker: a new store, or a file that is not ours (the format check
+     * that follows tells), or a marker lost by hand: nothing to compare. */
+    return 0;
+  }
+  m.boot[sizeof m.boot - 1] = 0;
+  char boot[40];
+  boot_id(boot);
+  MDB_envinfo info;
+  int rc = mdb_env_info(s->env, &info);
+  if (rc != 0) {
+    return lmdb_err(rc, "env info");
+  }
+  if (boot[0] != 0 && strcmp(boot, m.boot) != 0 && (uint64_t)info.me_last_txnid > m.txnid) {
+    fprintf(stderr,
+            "cairn: storage: %s: transactions up to %zu were written in an earlier boot and "
+            "synced only up to %llu; a machine crash may have torn them\n",
+            s->dir, info.me_last_txnid, (unsigned long long)m.txnid);
+    return CAIRN_EUNSYNCED;
+  }
+  return 0;
+}
+
 static int store_env_open(mvcc_store *s) {
   char path[4096];
   struct stat st;
@@ -355,8 +453,26 @@ static int store_env_open(mvcc_store *s) {
   }
   int dead = 0;
   mdb_reader_check(s->env, &dead);
-  rc = store_open_dbs(s);
+  snprintf(path, sizeof path, "%s/%s", s->dir, MVCC_SYNC_MARKER_FILE);
+  s->marker_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (s->marker_fd < 0) {
+    fprintf(stderr, "cairn: storage: open %s: %s\n", path, strerror(errno));
+    rc = CAIRN_EIO;
+  } else {
+    rc = marker_check(s);
+  }
+  if (rc == 0) {
+    rc = store_open_dbs(s);
+  }
+  /* From here on the marker speaks for this boot. */
+  if (rc == 0) {
+    rc = marker_sync_now(s);
+  }
   if (rc != 0) {
+    if (s->marker_fd >= 0) {
+      close(s->marker_fd);
+    }
+    s->marker_fd = -1;
     mdb_env_close(s->env);
     s->env = NULL;
   }
@@ -394,6 +510,7 @@ int mvcc_open(const char *dir, const struct mvcc_options *opts, mvcc_store **out
   if (s->map_size > s->map_size_max) {
     s->map_size = s->map_size_max;
   }
+  s->marker_fd = -1;
   s->dir = strdup(dir);
   if (s->dir == NULL) {
     free(s);
@@ -429,7 +546,13 @@ void mvcc_close(mvcc_store *s) {
     return;
   }
   store_drop_rtxn(s);
-  mdb_env_close(s->env);
+  if (s->env != NULL) {
+    marker_sync_now(s); /* a failure was reported; the next open checks */
+    mdb_env_close(s->env);
+  }
+  if (s->marker_fd >= 0) {
+    close(s->marker_fd);
+  }
   pthread_mutex_destroy(&s->export_lock);
   free(s->dir);
   free(s);
@@ -441,6 +564,8 @@ int store_reopen(mvcc_store *s) {
   store_drop_rtxn(s);
   mdb_env_close(s->env);
   s->env = NULL;
+  close(s->marker_fd);
+  s->marker_fd = -1;
   return store_env_open(s);
 }
 

@@ -272,10 +272,12 @@ void mvcc_result_free(struct mvcc_result *r);
 
 /* Opens (creating if needed) the store in directory dir. opts may be NULL.
  * Errors: CAIRN_EFOREIGN_FILE (the data file is not a Cairn store or is
- * corrupt), CAIRN_EIO (with a message on stderr), CAIRN_ENOMEM, CAIRN_EINVAL. */
+ * corrupt), CAIRN_EUNSYNCED (see the sync marker below), CAIRN_EIO (with a
+ * message on stderr), CAIRN_ENOMEM, CAIRN_EINVAL. */
 int mvcc_open(const char *dir, const struct mvcc_options *opts, mvcc_store **out);
 
-/* Closes the store. Outstanding checkpoints must have completed. */
+/* Syncs the data file, writes the sync marker and closes the store
+ * (blocking). Outstanding checkpoints must have completed. */
 void mvcc_close(mvcc_store *s);
 
 /* Validates a request before it is proposed or applied: empty keys, key and
@@ -370,8 +372,27 @@ int mvcc_snapshot_import(const char *dir, const char *path);
  * returning free pages to the file system. Blocking; no batch may be open. */
 int mvcc_defrag(mvcc_store *s);
 
-/* The data file's descriptor, for checkpoints (storage/checkpoint.h). */
+/* The data file's descriptor, for checkpoints (storage/checkpoint.h); -1 if
+ * the store has none (a failed reopen). */
 int mvcc_fd(const mvcc_store *s);
+
+/* The sync marker: a small file beside the data file that says up to which
+ * LMDB transaction the data file is known to be on disk, and in which boot of
+ * the machine it was written. With MDB_NOSYNC a machine crash (not a process
+ * crash: the page cache survives those) can leave LMDB's newest meta page on
+ * disk without the pages it points to; mvcc_open() detects that case (a
+ * different boot and transactions newer than the marker) and refuses the
+ * store with CAIRN_EUNSYNCED rather than serving a torn B-tree. The caller
+ * then rebuilds the store from a snapshot and the raft log.
+ * A checkpoint fills the marker at its start (mvcc_sync_marker), fsyncs the
+ * data file, then writes the marker to mvcc_sync_marker_fd() at offset 0 and
+ * fsyncs that. mvcc_close(), mvcc_defrag() and mvcc_snapshot_import() sync
+ * and write the marker themselves. CAIRN_BOOT_ID in the environment
+ * overrides the machine's boot id (tests use it to simulate a reboot). */
+#define MVCC_SYNC_MARKER_BYTES 64u
+#define MVCC_SYNC_MARKER_FILE "synced"
+void mvcc_sync_marker(mvcc_store *s, uint8_t buf[MVCC_SYNC_MARKER_BYTES]);
+int mvcc_sync_marker_fd(const mvcc_store *s);
 
 /* Durability: batches commit with MDB_NOSYNC, so a committed batch survives
  * a process crash but not a machine crash until a checkpoint

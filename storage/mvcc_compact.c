@@ -277,21 +277,41 @@ static int copy_file(const char *from, const char *to) {
   return rc;
 }
 
+/* A marker saying "synced through every transaction" in this boot. */
+static int write_full_marker(const char *path) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return CAIRN_EIO;
+  }
+  uint8_t buf[MVCC_SYNC_MARKER_BYTES];
+  mvcc_sync_marker_full(buf);
+  int rc = write(fd, buf, sizeof buf) == (ssize_t)sizeof buf && fdatasync(fd) == 0 ? 0 : CAIRN_EIO;
+  close(fd);
+  return rc;
+}
+
 int mvcc_snapshot_import(const char *dir, const char *path) {
-  char tmp[4096], tmpfile[4200], lockfile[4200], target[4200];
+  char tmp[4096], tmpfile[4200], lockfile[4200], target[4200], marker[4200], tmpmarker[4200];
   snprintf(tmp, sizeof tmp, "%s/import.tmp", dir);
   snprintf(tmpfile, sizeof tmpfile, "%s/%s", tmp, MVCC_DATA_FILE);
   snprintf(lockfile, sizeof lockfile, "%s/lock.mdb", tmp);
   snprintf(target, sizeof target, "%s/%s", dir, MVCC_DATA_FILE);
+  snprintf(marker, sizeof marker, "%s/%s", dir, MVCC_SYNC_MARKER_FILE);
+  snprintf(tmpmarker, sizeof tmpmarker, "%s/%s", tmp, MVCC_SYNC_MARKER_FILE);
   if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
     return CAIRN_EIO;
   }
   unlink(tmpfile);
   unlink(lockfile);
+  unlink(tmpmarker);
   if (mkdir(tmp, 0755) != 0 && errno != EEXIST) {
     return CAIRN_EIO;
   }
   int rc = copy_file(path, tmpfile);
+  if (rc == 0) {
+    /* copy_file synced the whole file: say so, for this boot. */
+    rc = write_full_marker(tmpmarker);
+  }
   if (rc == 0) {
     mvcc_store *s;
     rc = mvcc_open(tmp, NULL, &s);
@@ -300,8 +320,10 @@ int mvcc_snapshot_import(const char *dir, const char *path) {
       mvcc_close(s);
     }
   }
-  if (rc == 0 && rename(tmpfile, target) != 0) {
-    fprintf(stderr, "cairn: storage: rename %s: %s\n", target, strerror(errno));
+  /* The verifying open and close left a marker for the imported file: it
+   * moves with the file. */
+  if (rc == 0 && (rename(tmpfile, target) != 0 || rename(tmpmarker, marker) != 0)) {
+    fprintf(stderr, "cairn: storage: rename into %s: %s\n", dir, strerror(errno));
     rc = CAIRN_EIO;
   }
   if (rc == 0) {
@@ -309,6 +331,7 @@ int mvcc_snapshot_import(const char *dir, const char *path) {
   }
   unlink(tmpfile);
   unlink(lockfile);
+  unlink(tmpmarker);
   rmdir(tmp);
   return rc;
 }

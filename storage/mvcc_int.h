@@ -76,6 +76,7 @@ struct mvcc_store {
   uint64_t applied_index;
   uint64_t applied_term;
   MDB_txn *rtxn; /* cached read transaction, reset between reads */
+  int marker_fd;  /* the sync marker file, see mvcc_sync_marker() */
   /* Held by a snapshot export (another thread) for its whole run; the owner
    * only try-locks it to grow the map, which LMDB forbids while another
    * thread has a read transaction open. */
@@ -137,6 +138,8 @@ int store_reopen(mvcc_store *s);
 void store_drop_rtxn(mvcc_store *s);
 /* Grows the map after MDB_MAP_FULL; CAIRN_ENOSPACE at the maximum. */
 int store_grow_map(mvcc_store *s);
+/* A sync marker for a file synced as a whole (any transaction), this boot. */
+void mvcc_sync_marker_full(uint8_t buf[MVCC_SYNC_MARKER_BYTES]);
 int meta_put_raw(MDB_txn *txn, MDB_dbi dbi, const char *name, const void *p, size_t n);
 
 #endif

@@ -1,5 +1,8 @@
 /* tests/unit/test_mvcc.c: the storage engine against etcd's KV semantics
  * (etcd-wire.md section 3), case by case. */
+#include <sys/wait.h>
+
+#include "storage/checkpoint.h"
 #include "storage/mvcc.h"
 #include "test.h"
 
@@ -593,6 +596,84 @@ static void test_snapshot_and_defrag(void) {
   put("after-defrag", "ok");
 }
 
+struct child_ckpt {
+  int status;
+  fileio *f;
+};
+
+static void on_child_checkpoint(void *data, int status, uint64_t index, int64_t revision) {
+  struct child_ckpt *c = data;
+  (void)index;
+  (void)revision;
+  c->status = status;
+  fileio_close(c->f, NULL, NULL);
+}
+
+/* A child writes and dies without closing the store (its writes are in the
+ * page cache only); with checkpoint, it checkpoints after the first write;
+ * with more, it writes again after that. */
+static void crash_child(const char *d, bool checkpoint, bool more) {
+  pid_t pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    if (mvcc_open(d, NULL, &st) != 0) {
+      _exit(2);
+    }
+    put("crash/1", "x");
+    if (checkpoint) {
+      uv_loop_t loop;
+      uv_loop_init(&loop);
+      struct child_ckpt c = {1, NULL};
+      if (fileio_init(&loop, 0, &c.f) != 0 ||
+          checkpoint_start(st, c.f, &c, on_child_checkpoint) != 0) {
+        _exit(3);
+      }
+      uv_run(&loop, UV_RUN_DEFAULT);
+      if (c.status != 0) {
+        _exit(4);
+      }
+    }
+    if (more) {
+      put("crash/2", "y");
+    }
+    _exit(0);
+  }
+  int status;
+  CHECK(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/* The sync marker: writes never synced before a "reboot" (a different boot
+ * id) make the store refuse to open; a checkpoint or a clean close clears
+ * that; a process crash within one boot is fine. */
+static void test_sync_marker(void) {
+  char *d = test_tmpdir("marker");
+  mvcc_store *saved = st;
+  crash_child(d, false, false);
+  mvcc_store *s2;
+  setenv("CAIRN_BOOT_ID", "another-boot", 1);
+  CHECK_ERR(mvcc_open(d, NULL, &s2), CAIRN_EUNSYNCED);
+  unsetenv("CAIRN_BOOT_ID");
+  CHECK_OK(mvcc_open(d, NULL, &s2)); /* same boot: the page cache held it */
+  mvcc_close(s2);                    /* a clean close syncs */
+  setenv("CAIRN_BOOT_ID", "another-boot", 1);
+  CHECK_OK(mvcc_open(d, NULL, &s2));
+  mvcc_close(s2);
+  unsetenv("CAIRN_BOOT_ID");
+  /* a checkpoint covers what was written before it, not after */
+  crash_child(d, true, false);
+  setenv("CAIRN_BOOT_ID", "a-third-boot", 1);
+  CHECK_OK(mvcc_open(d, NULL, &s2));
+  mvcc_close(s2);
+  unsetenv("CAIRN_BOOT_ID");
+  crash_child(d, true, true);
+  setenv("CAIRN_BOOT_ID", "a-fourth-boot", 1);
+  CHECK_ERR(mvcc_open(d, NULL, &s2), CAIRN_EUNSYNCED);
+  unsetenv("CAIRN_BOOT_ID");
+  test_rmdir(d);
+  st = saved;
+}
+
 int main(void) {
   test_seed("test_mvcc");
   dir = test_tmpdir("mvcc");
@@ -605,6 +686,7 @@ int main(void) {
   TEST_RUN(test_leases);
   TEST_RUN(test_batch_and_replay);
   TEST_RUN(test_snapshot_and_defrag);
+  TEST_RUN(test_sync_marker);
   mvcc_close(st);
   test_rmdir(dir);
   return 0;
