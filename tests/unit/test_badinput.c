@@ -853,16 +853,49 @@ static void write_file(const char *path, const void *p, size_t n, bool truncate)
   CHECK(close(fd) == 0);
 }
 
-/* mvcc_open must fail with one of the two codes, and leave the data file
- * byte for byte as it was. */
+/* Runs fn(arg) in a child process and returns what it returned (0 or a
+ * CAIRN_E* code); a child killed by a signal fails the test, naming what. */
+static int in_child(const char *what, int (*fn)(void *), void *arg) {
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    int rc = fn(arg);
+    _exit(rc == 0 ? 0 : rc - CAIRN_E__BASE);
+  }
+  int status = 0;
+  CHECK(waitpid(pid, &status, 0) == pid);
+  if (WIFSIGNALED(status)) {
+    fprintf(stderr, "%s: the process died with signal %d (%s)\n", what, WTERMSIG(status),
+            strsignal(WTERMSIG(status)));
+    CHECK(!WIFSIGNALED(status));
+  }
+  CHECK(WIFEXITED(status));
+  int code = WEXITSTATUS(status);
+  return code == 0 ? 0 : CAIRN_E__BASE + code;
+}
+
+static int open_close(void *dir) {
+  mvcc_store *s = NULL;
+  int rc = mvcc_open(dir, NULL, &s);
+  if (rc == 0) {
+    mvcc_close(s);
+  }
+  return rc;
+}
+
+/* mvcc_open must fail with one of the two codes (without crashing), and leave
+ * the data file byte for byte as it was. */
 static void check_open_fails(const char *dir) {
   char *path = data_path(dir);
   struct stat st;
   bool is_reg = stat(path, &st) == 0 && S_ISREG(st.st_mode);
   size_t n0 = 0;
   uint8_t *before = is_reg ? read_file(path, &n0) : NULL;
-  mvcc_store *s = NULL;
-  int rc = mvcc_open(dir, NULL, &s);
+  char what[600];
+  snprintf(what, sizeof what, "mvcc_open(%s)", dir);
+  int rc = in_child(what, open_close, (void *)dir);
   if (rc != CAIRN_EFOREIGN_FILE && rc != CAIRN_EIO) {
     fprintf(stderr, "mvcc_open(%s) returned %d (%s)\n", dir, rc, cairn_strerror(rc));
     CHECK(rc == CAIRN_EFOREIGN_FILE || rc == CAIRN_EIO);
@@ -913,6 +946,18 @@ static void test_corrupt_file(void) {
     p[i] = (uint8_t)test_rand();
   }
   write_file(path, p, n, true);
+  free(p);
+  check_open_fails(dir);
+  free(path);
+  test_rmdir(dir);
+
+  /* Cut to half its size (an interrupted copy): the meta pages are intact
+   * but point past the end of the file. */
+  dir = test_tmpdir("badinput-half");
+  make_store(dir);
+  path = data_path(dir);
+  p = read_file(path, &n);
+  write_file(path, p, n / 2, true);
   free(p);
   check_open_fails(dir);
   free(path);
@@ -1062,17 +1107,9 @@ static void exercise_store(const char *dir) {
   mvcc_close(s);
 }
 
-/* One byte changed in front of a stored value, in every position of the 64
- * bytes before each copy of it (where a record keeps its header), with a few
- * patterns: +1 and -1 (a pointer to the previous revision becomes a pointer
- * to the record itself) and 0x7f (a huge positive number). The store
- * must never crash or hang (docs/storage.md: "a malformed record is
- * CAIRN_ECORRUPT, never a crash"). The cases run in one child process that
- * reports its progress; the parent names the case that crashed or stalled. */
-static void test_corrupt_records(void) {
-  char *dir = test_tmpdir("badinput-records");
-  /* Each key put three times in a row, all in one batch, so the file holds
-   * few stale copies; k2 has a lease. */
+/* A store for the corruption sweeps: each key put three times in a row, all
+ * in one batch (so the file holds few stale copies); k2 has a lease. */
+static void make_marked_store(const char *dir) {
   mvcc_store *s = open_with(dir, 0, 0, 0);
   grant(s, 5);
   struct mvcc_op ops[9];
@@ -1090,9 +1127,23 @@ static void test_corrupt_records(void) {
     mvcc_result_free(&res[i]);
   }
   mvcc_close(s);
-  char *path = data_path(dir);
+}
+
+/* One byte changed in front of a stored value, in every position of the 64
+ * bytes before each copy of it (where a record keeps its header), with a few
+ * patterns: +1 and -1 (a pointer to the previous revision becomes a pointer
+ * to the record itself) and 0x7f (a huge positive number).
+ *
+ * Without import_dir, the corrupt file is the store's data file in dir.
+ * With it, the corrupt file is a snapshot imported into import_dir: the import
+ * either refuses it (and import_dir stays byte for byte as it was) or accepts
+ * it. Either way the store must never crash or hang (docs/storage.md: "a
+ * malformed record is CAIRN_ECORRUPT, never a crash"). The cases run in one
+ * child process that reports its progress; the parent names the case that
+ * crashed or stalled. */
+static void sweep_corruptions(const char *dir, const char *file, const char *import_dir) {
   size_t n = 0;
-  uint8_t *orig = read_file(path, &n);
+  uint8_t *orig = read_file(file, &n);
   size_t occ[64], nocc = 0;
   for (size_t i = 64; i + 4 <= n && nocc < 64; i++) {
     if (memcmp(orig + i, "MARK", 4) == 0) {
@@ -1104,6 +1155,14 @@ static void test_corrupt_records(void) {
   size_t ncases = nocc * 64 * NPAT;
   if (test_small()) {
     ncases /= 4; /* the first copies only */
+  }
+  printf("    %zu cases over %zu copies%s\n", ncases, nocc, import_dir ? ", imported" : "");
+  size_t tn = 0;
+  uint8_t *target = NULL;
+  char *target_path = NULL;
+  if (import_dir) {
+    target_path = data_path(import_dir);
+    target = read_file(target_path, &tn);
   }
 
   int pfd[2];
@@ -1134,9 +1193,22 @@ static void test_corrupt_records(void) {
       *b = nv[pat];
       uint64_t msg = c;
       CHECK(write(pfd[1], &msg, sizeof msg) == (ssize_t)sizeof msg);
-      write_file(path, p, n, true);
+      write_file(file, p, n, true);
       fprintf(stderr, "case %zu: copy at %zu, byte -%zu set to 0x%02x\n", c, occ[o], d, nv[pat]);
-      exercise_store(dir);
+      if (import_dir == NULL) {
+        exercise_store(dir);
+        continue;
+      }
+      write_file(target_path, target, tn, true);
+      int rc = mvcc_snapshot_import(import_dir, file);
+      if (rc != 0) {
+        size_t an = 0;
+        uint8_t *after = read_file(target_path, &an);
+        CHECK(an == tn && memcmp(after, target, tn) == 0);
+        free(after);
+      } else {
+        exercise_store(import_dir);
+      }
     }
     free(p);
     _exit(0);
@@ -1179,7 +1251,109 @@ static void test_corrupt_records(void) {
     CHECK(!"a malformed record crashes the store");
   }
   free(orig);
+  free(target);
+  free(target_path);
+}
+
+static void test_corrupt_records(void) {
+  char *dir = test_tmpdir("badinput-records");
+  make_marked_store(dir);
+  char *path = data_path(dir);
+  sweep_corruptions(dir, path, NULL);
   free(path);
+  test_rmdir(dir);
+}
+
+struct import_args {
+  const char *dir, *file;
+};
+
+static int import_child(void *arg) {
+  const struct import_args *a = arg;
+  return mvcc_snapshot_import(a->dir, a->file);
+}
+
+/* Snapshot import verifies before it replaces: a foreign or damaged snapshot
+ * is refused and the target store stays as it was. */
+static void test_bad_snapshot(void) {
+  char *dir = test_tmpdir("badinput-snap");
+  char src[512], dst[512], snap[512];
+  snprintf(src, sizeof src, "%s/src", dir);
+  snprintf(dst, sizeof dst, "%s/dst", dir);
+  snprintf(snap, sizeof snap, "%s/snap.mdb", dir);
+  CHECK(mkdir(src, 0755) == 0);
+  CHECK(mkdir(dst, 0755) == 0);
+  make_marked_store(src);
+  make_store(dst);
+  mvcc_store *s = open_with(src, 0, 0, 0);
+  CHECK_OK(mvcc_snapshot_export(s, snap));
+  mvcc_close(s);
+  char *dst_file = data_path(dst);
+  size_t tn = 0;
+  uint8_t *target = read_file(dst_file, &tn);
+  size_t sn = 0;
+  uint8_t *good = read_file(snap, &sn);
+
+  /* Foreign and damaged files. */
+  char bad[512];
+  snprintf(bad, sizeof bad, "%s/bad.mdb", dir);
+  for (int kind = 0; kind < 4; kind++) {
+    uint8_t *p = malloc(sn);
+    CHECK(p != NULL);
+    memcpy(p, good, sn);
+    size_t len = sn;
+    if (kind == 0) {
+      const char *text = "not a snapshot\n";
+      len = strlen(text);
+      memcpy(p, text, len);
+    } else if (kind == 1) {
+      for (size_t i = 0; i < sn; i++) {
+        p[i] = (uint8_t)test_rand();
+      }
+    } else if (kind == 2) {
+      len = sn / 2; /* cut short */
+    } else {
+      for (size_t i = 0; i < 8192 && i < sn; i++) {
+        p[i] = (uint8_t)test_rand(); /* the meta pages */
+      }
+    }
+    write_file(bad, p, len, true);
+    free(p);
+    static const char *const kinds[] = {"a text file", "random bytes", "cut to half its size",
+                                        "random meta pages"};
+    char what[600];
+    snprintf(what, sizeof what, "mvcc_snapshot_import of %s", kinds[kind]);
+    struct import_args ia = {dst, bad};
+    CHECK(in_child(what, import_child, &ia) < 0);
+    size_t an = 0;
+    uint8_t *after = read_file(dst_file, &an);
+    CHECK(an == tn && memcmp(after, target, tn) == 0);
+    free(after);
+  }
+  /* A missing file. */
+  snprintf(bad, sizeof bad, "%s/missing.mdb", dir);
+  CHECK(mvcc_snapshot_import(dst, bad) < 0);
+
+  /* The good snapshot imports. */
+  CHECK_OK(mvcc_snapshot_import(dst, snap));
+  s = open_with(dst, 0, 0, 0);
+  struct mvcc_range_req rq;
+  memset(&rq, 0, sizeof rq);
+  rq.key = b_str("k0");
+  struct mvcc_result res;
+  CHECK_OK(mvcc_range(s, &rq, &res));
+  CHECK_EQ_INT(res.u.range.n_kvs, 1);
+  CHECK(res.u.range.kvs[0].value.len == 5 &&
+        memcmp(res.u.range.kvs[0].value.data, "MARK2", 5) == 0);
+  mvcc_result_free(&res);
+  mvcc_close(s);
+  write_file(dst_file, target, tn, true);
+
+  /* Single damaged bytes in front of values, as test_corrupt_records. */
+  sweep_corruptions(dir, snap, dst);
+  free(good);
+  free(target);
+  free(dst_file);
   test_rmdir(dir);
 }
 
@@ -1214,6 +1388,41 @@ static void test_bad_path(void) {
     test_rmdir(dir);
   }
 
+  /* The sync marker beside the data file is a directory: refused cleanly. */
+  dir = test_tmpdir("badinput-markerdir");
+  make_store(dir);
+  char marker[512];
+  snprintf(marker, sizeof marker, "%s/%s", dir, MVCC_SYNC_MARKER_FILE);
+  CHECK(unlink(marker) == 0);
+  CHECK(mkdir(marker, 0755) == 0);
+  check_open_fails(dir);
+  test_rmdir(dir);
+
+  /* A marker of random bytes or cut short: the store opens with its data, or
+   * open fails; it never crashes. */
+  for (int i = 0; i < 2; i++) {
+    dir = test_tmpdir("badinput-marker");
+    make_store(dir);
+    mvcc_store *s = open_with(dir, 0, 0, 0);
+    struct dump before = state_dump(s);
+    mvcc_close(s);
+    snprintf(marker, sizeof marker, "%s/%s", dir, MVCC_SYNC_MARKER_FILE);
+    uint8_t junk[MVCC_SYNC_MARKER_BYTES];
+    for (size_t j = 0; j < sizeof junk; j++) {
+      junk[j] = (uint8_t)test_rand();
+    }
+    write_file(marker, junk, i == 0 ? sizeof junk : 10, true);
+    s = NULL;
+    int rc = mvcc_open(dir, NULL, &s);
+    CHECK(rc <= 0);
+    if (rc == 0) {
+      check_unchanged(s, &before);
+      mvcc_close(s);
+    }
+    free(before.p);
+    test_rmdir(dir);
+  }
+
   /* The store directory is a regular file. */
   dir = test_tmpdir("badinput-notdir");
   char *file = data_path(dir);
@@ -1233,9 +1442,11 @@ int main(void) {
   TEST_RUN(test_put_errors);
   TEST_RUN(test_txn_errors);
   TEST_RUN(test_quota);
-  TEST_RUN(test_corrupt_file);
   TEST_RUN(test_foreign_file);
   TEST_RUN(test_bad_path);
+  /* These fail against the engine as of this commit (see the commit log). */
+  TEST_RUN(test_corrupt_file);
+  TEST_RUN(test_bad_snapshot);
   TEST_RUN(test_error_order);
   TEST_RUN(test_corrupt_records);
   return 0;

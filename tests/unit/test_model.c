@@ -1568,6 +1568,131 @@ static void check_state(struct run *r) {
   check_leases(r);
 }
 
+/* A reader of the change feed, checked event by event against the model's
+ * history in [key, end). */
+struct feed_cursor {
+  struct mvcc_bytes key, end;
+  bool prev_kv;
+  size_t ei; /* next model event to match */
+};
+
+/* The first model event at or after rev. */
+static size_t first_event_at(const struct model *m, int64_t rev) {
+  size_t lo = 0, hi = m->nev;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (ver_of(m, &m->ev[mid])->rev < rev) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+/* A DELETE at exactly the compacted revision may be gone (etcd's compaction
+ * drops a tombstone at the compaction revision), so the feed may skip it. */
+static bool skippable(const struct model *m, const struct mevent *x) {
+  const struct mver *v = ver_of(m, x);
+  return v->tomb && v->rev == m->compacted && m->compacted > 0;
+}
+
+static bool event_in(const struct feed_cursor *fc, const struct mevent *x) {
+  return in_range(keys[x->key].b, keys[x->key].len, fc->key, fc->end);
+}
+
+static void feed_check_event(const struct model *m, struct feed_cursor *fc,
+                             const struct mvcc_event *e) {
+  const struct mevent *want = NULL;
+  while (fc->ei < m->nev) {
+    const struct mevent *x = &m->ev[fc->ei];
+    const struct mver *v = ver_of(m, x);
+    if (!event_in(fc, x) ||
+        (skippable(m, x) && !(e->type == MVCC_EVENT_DELETE && e->kv.mod_revision == v->rev &&
+                              bytes_eq(e->kv.key, keys[x->key].b, keys[x->key].len)))) {
+      fc->ei++;
+      continue;
+    }
+    want = x;
+    break;
+  }
+  if (want == NULL) {
+    fprintf(stderr, "feed returned an event the model does not have: type %d mod %" PRId64 " key ",
+            (int)e->type, e->kv.mod_revision);
+    fprint_bytes(e->kv.key.data, e->kv.key.len);
+    fprintf(stderr, "\n");
+    CHECK(want != NULL);
+  }
+  fc->ei++;
+  const struct mver *v = ver_of(m, want);
+  size_t k = want->key;
+  if (v->tomb) {
+    CHECK_EQ_INT(e->type, MVCC_EVENT_DELETE);
+    CHECK(bytes_eq(e->kv.key, keys[k].b, keys[k].len));
+    CHECK_EQ_INT(e->kv.mod_revision, v->rev);
+    CHECK_EQ_INT(e->kv.create_revision, 0);
+    CHECK_EQ_INT(e->kv.version, 0);
+    CHECK_EQ_INT(e->kv.lease, 0);
+    CHECK_EQ_INT(e->kv.value.len, 0);
+  } else {
+    CHECK_EQ_INT(e->type, MVCC_EVENT_PUT);
+    check_kv(&e->kv, k, v, false);
+  }
+  const struct mver *prev = want->ver > 0 ? &m->hist[k].v[want->ver - 1] : NULL;
+  if (prev && prev->tomb) {
+    prev = NULL;
+  }
+  if (!fc->prev_kv || !prev) {
+    CHECK(!e->has_prev_kv);
+  } else if (v->rev - 1 < m->compacted) {
+    /* The previous version is at or below the compacted revision and
+     * superseded at it: compacted away (perhaps not yet physically). */
+    if (e->has_prev_kv) {
+      check_kv(&e->prev_kv, k, prev, false);
+    }
+  } else {
+    CHECK(e->has_prev_kv);
+    check_kv(&e->prev_kv, k, prev, false);
+  }
+}
+
+/* At caught_up: nothing left in the model but skippable deletes. */
+static void feed_check_caught_up(const struct model *m, struct feed_cursor *fc) {
+  for (; fc->ei < m->nev; fc->ei++) {
+    const struct mevent *x = &m->ev[fc->ei];
+    if (event_in(fc, x) && !skippable(m, x)) {
+      fprintf(stderr, "feed caught up, but the model has an event at revision %" PRId64 "\n",
+              ver_of(m, x)->rev);
+      CHECK(!"feed missed an event");
+    }
+  }
+}
+
+/* One mvcc_changes call through a cursor; returns caught_up. */
+static bool feed_call(struct run *r, struct feed_cursor *fc, struct mvcc_feed_req *fr) {
+  struct mvcc_feed f;
+  memset(&f, 0, sizeof f);
+  CHECK_OK(mvcc_changes(r->s, fr, &f));
+  CHECK_EQ_INT(f.current_revision, r->m.rev);
+  CHECK(f.n_events <= fr->max_events);
+  for (size_t i = 0; i < f.n_events; i++) {
+    feed_check_event(&r->m, fc, &f.events[i]);
+  }
+  r->n_feed_events += f.n_events;
+  bool caught_up = f.caught_up;
+  if (caught_up) {
+    feed_check_caught_up(&r->m, fc);
+    /* Nothing at or after the next position: it is past the head. */
+    CHECK(f.next_revision > r->m.rev);
+  }
+  CHECK(f.next_revision > fr->start_revision ||
+        (f.next_revision == fr->start_revision && f.next_sub >= fr->start_sub));
+  fr->start_revision = f.next_revision;
+  fr->start_sub = f.next_sub;
+  mvcc_feed_free(&f);
+  return caught_up;
+}
+
 /* The model's change history in [key, end) from start on, checked against the
  * change feed read in small pieces. */
 static void do_feed(struct run *r) {
@@ -1578,9 +1703,9 @@ static void do_feed(struct run *r) {
   fr.prev_kv = chance(50);
   size_t me = rnd(100);
   fr.max_events = me < 30 ? 1 + rnd(3) : me < 70 ? 1 + rnd(40) : MVCC_FEED_EVENTS_MAX;
-  struct mvcc_feed f;
-  memset(&f, 0, sizeof f);
   if (m->compacted > 1 && chance(5)) {
+    struct mvcc_feed f;
+    memset(&f, 0, sizeof f);
     fr.start_revision = rnd_i64(1, m->compacted - 1);
     CHECK_ERR(mvcc_changes(r->s, &fr, &f), CAIRN_ECOMPACTED);
     mvcc_feed_free(&f);
@@ -1589,99 +1714,63 @@ static void do_feed(struct run *r) {
   }
   int64_t lo = m->compacted > 1 ? m->compacted : 1;
   fr.start_revision = chance(20) ? lo : rnd_i64(lo, m->rev + 1);
-  int64_t c = m->compacted;
-
-  /* First model event at or after start_revision. */
-  size_t ei = 0, hi = m->nev;
-  while (ei < hi) {
-    size_t mid = ei + (hi - ei) / 2;
-    if (ver_of(m, &m->ev[mid])->rev < fr.start_revision) {
-      ei = mid + 1;
-    } else {
-      hi = mid;
-    }
+  struct feed_cursor fc = {fr.key, fr.range_end, fr.prev_kv, first_event_at(m, fr.start_revision)};
+  for (size_t calls = 0; !feed_call(r, &fc, &fr); calls++) {
+    CHECK(calls < 100000);
   }
-  size_t calls = 0, got_events = 0;
-  for (;;) {
-    CHECK(++calls < 100000);
-    CHECK_OK(mvcc_changes(r->s, &fr, &f));
-    CHECK_EQ_INT(f.current_revision, m->rev);
-    CHECK(f.n_events <= fr.max_events);
-    for (size_t i = 0; i < f.n_events; i++) {
-      const struct mvcc_event *e = &f.events[i];
-      /* Next model event in range. A DELETE at exactly the compacted
-       * revision may be gone (etcd's compaction drops a tombstone at the
-       * compaction revision), so the feed may skip it. */
-      const struct mevent *want = NULL;
-      while (ei < m->nev) {
-        const struct mevent *x = &m->ev[ei];
-        const struct mver *v = ver_of(m, x);
-        if (!in_range(keys[x->key].b, keys[x->key].len, fr.key, fr.range_end)) {
-          ei++;
-          continue;
-        }
-        if (v->tomb && v->rev == c && c > 0 &&
-            !(e->type == MVCC_EVENT_DELETE && e->kv.mod_revision == v->rev &&
-              bytes_eq(e->kv.key, keys[x->key].b, keys[x->key].len))) {
-          ei++;
-          continue;
-        }
-        want = x;
-        break;
-      }
-      CHECK(want != NULL);
-      ei++;
-      const struct mver *v = ver_of(m, want);
-      size_t k = want->key;
-      if (v->tomb) {
-        CHECK_EQ_INT(e->type, MVCC_EVENT_DELETE);
-        CHECK(bytes_eq(e->kv.key, keys[k].b, keys[k].len));
-        CHECK_EQ_INT(e->kv.mod_revision, v->rev);
-        CHECK_EQ_INT(e->kv.create_revision, 0);
-        CHECK_EQ_INT(e->kv.version, 0);
-        CHECK_EQ_INT(e->kv.lease, 0);
-        CHECK_EQ_INT(e->kv.value.len, 0);
-      } else {
-        CHECK_EQ_INT(e->type, MVCC_EVENT_PUT);
-        check_kv(&e->kv, k, v, false);
-      }
-      const struct mver *prev = want->ver > 0 ? &m->hist[k].v[want->ver - 1] : NULL;
-      if (prev && prev->tomb) {
-        prev = NULL;
-      }
-      if (!fr.prev_kv || !prev) {
-        CHECK(!e->has_prev_kv);
-      } else if (v->rev - 1 < c) {
-        /* The previous version is at or below the compacted revision and
-         * superseded at it: compacted away (perhaps not yet physically). */
-        if (e->has_prev_kv) {
-          check_kv(&e->prev_kv, k, prev, false);
-        }
-      } else {
-        CHECK(e->has_prev_kv);
-        check_kv(&e->prev_kv, k, prev, false);
-      }
-      got_events++;
+  r->n_feeds++;
+  pool_reset(&r->pool);
+}
+
+/* A watcher that stays: it reads a little now and then, keeping its position
+ * across later writes, compactions and reopens; when compaction passes it,
+ * it gets CAIRN_ECOMPACTED and starts again. */
+struct watcher {
+  bool active;
+  uint8_t key[MVCC_MAX_KEY_BYTES + 1], end[MVCC_MAX_KEY_BYTES + 1];
+  struct feed_cursor fc;
+  struct mvcc_feed_req fr;
+};
+
+static void do_watch(struct run *r, struct watcher *w) {
+  struct model *m = &r->m;
+  if (!w->active) {
+    struct mvcc_bytes k, e;
+    gen_bounds(&r->g, &k, &e, false);
+    memcpy(w->key, k.data, k.len);
+    if (e.len) {
+      memcpy(w->end, e.data, e.len);
     }
-    bool done = f.caught_up;
-    fr.start_revision = f.next_revision;
-    fr.start_sub = f.next_sub;
+    memset(&w->fr, 0, sizeof w->fr);
+    w->fr.key = mk_bytes(w->key, k.len);
+    w->fr.range_end = mk_bytes(w->end, e.len);
+    w->fr.prev_kv = chance(50);
+    w->fr.max_events = 1 + rnd(20);
+    int64_t lo = m->compacted > 1 ? m->compacted : 1;
+    w->fr.start_revision = chance(50) ? m->rev + 1 : rnd_i64(lo, m->rev + 1);
+    w->fc.key = w->fr.key;
+    w->fc.end = w->fr.range_end;
+    w->fc.prev_kv = w->fr.prev_kv;
+    w->fc.ei = first_event_at(m, w->fr.start_revision);
+    w->active = true;
+    pool_reset(&r->pool);
+  }
+  if (w->fr.start_revision < m->compacted) {
+    struct mvcc_feed f;
+    memset(&f, 0, sizeof f);
+    CHECK_ERR(mvcc_changes(r->s, &w->fr, &f), CAIRN_ECOMPACTED);
     mvcc_feed_free(&f);
-    if (done) {
+    w->active = false;
+    return;
+  }
+  /* A few calls, not necessarily to caught_up. */
+  size_t calls = chance(50) ? 1 + rnd(3) : SIZE_MAX;
+  for (size_t i = 0; i < calls; i++) {
+    CHECK(i < 1000000);
+    if (feed_call(r, &w->fc, &w->fr)) {
       break;
     }
   }
-  /* Nothing left in the model but skippable deletes at the compacted rev. */
-  for (; ei < m->nev; ei++) {
-    const struct mevent *x = &m->ev[ei];
-    const struct mver *v = ver_of(m, x);
-    if (in_range(keys[x->key].b, keys[x->key].len, fr.key, fr.range_end)) {
-      CHECK(v->tomb && v->rev == c && c > 0);
-    }
-  }
-  r->n_feeds++;
-  r->n_feed_events += got_events;
-  pool_reset(&r->pool);
 }
 
 static void do_compact_steps(struct run *r, bool to_done) {
@@ -1722,14 +1811,18 @@ static void test_model_random(void) {
   check_state(r);
 
   size_t steps = test_small() ? 10000 : 80000;
+  struct watcher *watchers = calloc(3, sizeof *watchers);
+  CHECK(watchers != NULL);
   for (size_t step = 0; step < steps; step++) {
     size_t x = rnd(1000);
     if (x < 560) {
       do_batch(r);
     } else if (x < 760) {
       do_read(r);
-    } else if (x < 840) {
+    } else if (x < 800) {
       do_feed(r);
+    } else if (x < 840) {
+      do_watch(r, &watchers[rnd(3)]);
     } else if (x < 900) {
       do_compact_steps(r, chance(40));
     } else if (x < 905) {
@@ -1748,6 +1841,10 @@ static void test_model_random(void) {
   do_compact_steps(r, true);
   check_state(r);
   do_reopen(r);
+  for (int i = 0; i < 3; i++) {
+    do_watch(r, &watchers[i]);
+  }
+  free(watchers);
   printf(
       "    %zu ops (%zu txns, %zu refused), %zu reads, %zu feeds (%zu events), %zu "
       "compactions, %zu reopens, revision %" PRId64 "\n",
@@ -1855,11 +1952,147 @@ static void test_model_basics(void) {
   test_rmdir(dir);
 }
 
+/* A narrow watcher behind a busy store: more than MVCC_FEED_SCAN_MAX history
+ * entries of other keys lie between the changes it wants. Each call returns
+ * early with a resume position, never caught_up before the end, and the
+ * watcher gets exactly its events. Also: a revision with 128 changes read one
+ * event per call (sub positions), and max_events above the cap. */
+static void test_feed_scan_limit(void) {
+  char *dir = test_tmpdir("model-scan");
+  mvcc_store *s = NULL;
+  CHECK_OK(mvcc_open(dir, NULL, &s));
+  struct mvcc_op op;
+  struct mvcc_result res;
+  memset(&op, 0, sizeof op);
+  op.type = MVCC_OP_PUT;
+  op.u.put.key = mk_bytes((const uint8_t *)"rare", 4);
+  op.u.put.value = mk_bytes((const uint8_t *)"1", 1);
+  CHECK_OK(mvcc_apply(s, &op, 1, &res));
+  int64_t rare_revs[3];
+  rare_revs[0] = res.u.put.revision;
+  mvcc_result_free(&res);
+
+  enum { PUTS = 128, TXNS_PER_BATCH = 32 };
+  static char names[PUTS][16];
+  struct mvcc_request_op puts[PUTS];
+  memset(puts, 0, sizeof puts);
+  for (int i = 0; i < PUTS; i++) {
+    snprintf(names[i], sizeof names[i], "busy/%03d", i);
+    puts[i].type = MVCC_REQUEST_PUT;
+    puts[i].u.put.key = mk_bytes((const uint8_t *)names[i], strlen(names[i]));
+    puts[i].u.put.value = mk_bytes((const uint8_t *)"v", 1);
+  }
+  struct mvcc_op txns[TXNS_PER_BATCH];
+  struct mvcc_result tres[TXNS_PER_BATCH];
+  memset(txns, 0, sizeof txns);
+  for (int i = 0; i < TXNS_PER_BATCH; i++) {
+    txns[i].type = MVCC_OP_TXN;
+    txns[i].u.txn.success = puts;
+    txns[i].u.txn.n_success = PUTS;
+  }
+  size_t batches = MVCC_FEED_SCAN_MAX / (PUTS * TXNS_PER_BATCH) + 2;
+  int64_t busy_rev = 0;
+  for (size_t b = 0; b < batches; b++) {
+    CHECK_OK(mvcc_apply(s, txns, TXNS_PER_BATCH, tres));
+    for (int i = 0; i < TXNS_PER_BATCH; i++) {
+      CHECK_OK(tres[i].err);
+      busy_rev = tres[i].u.txn.revision;
+      mvcc_result_free(&tres[i]);
+    }
+    if (b == batches / 2) {
+      op.u.put.value = mk_bytes((const uint8_t *)"2", 1);
+      CHECK_OK(mvcc_apply(s, &op, 1, &res));
+      rare_revs[1] = res.u.put.revision;
+      mvcc_result_free(&res);
+    }
+  }
+  op.u.put.value = mk_bytes((const uint8_t *)"3", 1);
+  CHECK_OK(mvcc_apply(s, &op, 1, &res));
+  rare_revs[2] = res.u.put.revision;
+  mvcc_result_free(&res);
+
+  struct mvcc_feed_req fr;
+  memset(&fr, 0, sizeof fr);
+  fr.key = mk_bytes((const uint8_t *)"rare", 4);
+  fr.start_revision = 1;
+  fr.max_events = 100;
+  fr.prev_kv = true;
+  size_t calls = 0, got = 0;
+  for (;;) {
+    CHECK(++calls < 10000);
+    struct mvcc_feed f;
+    memset(&f, 0, sizeof f);
+    CHECK_OK(mvcc_changes(s, &fr, &f));
+    for (size_t i = 0; i < f.n_events; i++) {
+      CHECK(got < 3);
+      const struct mvcc_event *e = &f.events[i];
+      CHECK_EQ_INT(e->type, MVCC_EVENT_PUT);
+      CHECK_EQ_INT(e->kv.mod_revision, rare_revs[got]);
+      CHECK_EQ_INT(e->kv.version, (int64_t)got + 1);
+      CHECK_EQ_INT(e->has_prev_kv, got > 0);
+      if (got > 0) {
+        CHECK_EQ_INT(e->prev_kv.mod_revision, rare_revs[got - 1]);
+      }
+      got++;
+    }
+    bool caught_up = f.caught_up;
+    CHECK(!caught_up || got == 3);
+    fr.start_revision = f.next_revision;
+    fr.start_sub = f.next_sub;
+    mvcc_feed_free(&f);
+    if (caught_up) {
+      break;
+    }
+  }
+  CHECK_EQ_INT(got, 3);
+  CHECK(calls >= 2); /* more history than one call may scan */
+
+  /* One event per call through the 128 changes of the last busy revision. */
+  memset(&fr, 0, sizeof fr);
+  fr.key = mk_bytes((const uint8_t *)"busy/", 5);
+  fr.range_end = mk_bytes((const uint8_t *)"busy0", 5);
+  fr.start_revision = busy_rev;
+  fr.max_events = 1;
+  for (int i = 0; i < PUTS; i++) {
+    struct mvcc_feed f;
+    memset(&f, 0, sizeof f);
+    CHECK_OK(mvcc_changes(s, &fr, &f));
+    CHECK_EQ_INT(f.n_events, 1);
+    CHECK_EQ_INT(f.events[0].kv.mod_revision, busy_rev);
+    CHECK(bytes_eq(f.events[0].kv.key, (const uint8_t *)names[i], strlen(names[i])));
+    fr.start_revision = f.next_revision;
+    fr.start_sub = f.next_sub;
+    bool caught_up = f.caught_up;
+    mvcc_feed_free(&f);
+    CHECK(!caught_up || i == PUTS - 1);
+  }
+  struct mvcc_feed f;
+  memset(&f, 0, sizeof f);
+  CHECK_OK(mvcc_changes(s, &fr, &f));
+  CHECK_EQ_INT(f.n_events, 0);
+  CHECK(f.caught_up);
+  mvcc_feed_free(&f);
+
+  /* max_events above the cap is capped. */
+  fr.start_revision = 1;
+  fr.start_sub = 0;
+  fr.max_events = SIZE_MAX;
+  memset(&f, 0, sizeof f);
+  CHECK_OK(mvcc_changes(s, &fr, &f));
+  CHECK(f.n_events > 0 && f.n_events <= MVCC_FEED_EVENTS_MAX);
+  CHECK(!f.caught_up);
+  mvcc_feed_free(&f);
+
+  mvcc_close(s);
+  test_rmdir(dir);
+}
+
 int main(void) {
   test_seed("test_model");
   trace_on = getenv("CAIRN_MODEL_TRACE") != NULL;
   sort_keys();
   TEST_RUN(test_model_basics);
+  TEST_RUN(test_feed_scan_limit);
   TEST_RUN(test_model_random);
   return 0;
 }
