@@ -71,9 +71,6 @@
 #define ROUNDS 9u
 /* A round runs at least this many steps (transactions, read chunks, scans). */
 #define ROUND_STEPS_MIN 3u
-/* Reopens of the MVCC history store allowed when a compaction step reports
- * CAIRN_ENOSPACE (see phase_compact). */
-#define COMPACT_REOPENS_MAX 3u
 
 enum side { SIDE_CAIRN = 0, SIDE_RAW = 1, SIDES = 2 };
 
@@ -175,7 +172,6 @@ struct bench {
   size_t copy_cap;
   struct measure res[ROW_COUNT][SIDES];
   bool have[ROW_COUNT][SIDES];
-  unsigned compact_reopens; /* times the MVCC store was reopened to compact */
 };
 
 static const char *const SIDE_NAME[SIDES] = {"cairn", "raw"};
@@ -965,20 +961,6 @@ static void phase_compact(struct bench *b) {
     mvcc_result_free(&res);
     while (!done) {
       rc = mvcc_compact_step(s, 0, &done);
-      if (rc == CAIRN_ENOSPACE && b->compact_reopens < COMPACT_REOPENS_MAX) {
-        /* The step hit LMDB's map limit and, unlike mvcc_apply, did not grow
-         * the map. Reopening maps twice the file, so the run can go on; the
-         * report shows that it had to. */
-        uint64_t size = file_size(b->dirs[2]);
-        progress(b,
-                 "WARNING: mvcc_compact_step: %s on a %.0f MiB store (the step does not grow "
-                 "LMDB's map); reopening the store and going on",
-                 cairn_strerror(rc), (double)size / (1024.0 * 1024.0));
-        mvcc_close(s);
-        s = b->cairn_hist = cairn_open(b->dirs[2]);
-        b->compact_reopens++;
-        continue;
-      }
       if (rc != 0) {
         fail("mvcc_compact_step: %s", cairn_strerror(rc));
       }
@@ -1001,7 +983,7 @@ static void phase_compact(struct bench *b) {
     mvcc_result_free(&res);
     cairn_get(b, s, 0, 0, b->cfg.versions, true);
     char detail[64];
-    snprintf(detail, sizeof detail, " (%" PRIu64 " steps, %u reopens)", steps, b->compact_reopens);
+    snprintf(detail, sizeof detail, " (%" PRIu64 " steps)", steps);
     struct measure m = {.ops = expect, .seconds = t};
     record(b, ROW_COMPACT, SIDE_CAIRN, &m, detail);
   }
@@ -1179,12 +1161,6 @@ static void print_table(const struct bench *b, const struct machine *m) {
            (double)b->file_bytes[0][SIDE_CAIRN] / 1048576.0,
            (double)b->file_bytes[0][SIDE_RAW] / 1048576.0);
   }
-  if (b->compact_reopens > 0) {
-    printf(
-        "compaction: mvcc_compact_step failed with \"%s\" %u time(s); the store was "
-        "reopened (time included) to finish\n",
-        cairn_strerror(CAIRN_ENOSPACE), b->compact_reopens);
-  }
   if (any_goal) {
     printf("goal \"the MVCC layer costs at most 2x raw LMDB on puts and gets\": %s\n",
            goal_met ? "met" : "NOT met (rows marked > 2x)");
@@ -1234,7 +1210,6 @@ static void write_json(const struct bench *b, const struct machine *m) {
           ", \"cairn_hist\": %" PRIu64 ", \"raw_hist\": %" PRIu64 "},\n",
           b->file_bytes[0][SIDE_CAIRN], b->file_bytes[0][SIDE_RAW], b->file_bytes[1][SIDE_CAIRN],
           b->file_bytes[1][SIDE_RAW]);
-  fprintf(f, "  \"compact_reopens\": %u,\n", b->compact_reopens);
   fprintf(f, "  \"results\": [");
   bool first = true;
   for (int r = 0; r < ROW_COUNT; r++) {
