@@ -11,7 +11,9 @@
 
 /* ---- arena ---------------------------------------------------------------- */
 
-#define ARENA_CHUNK_MIN 4096u
+/* Chunks start small (a single-key result is one small allocation) and
+ * double, up to 1 MiB, as a result grows. */
+#define ARENA_CHUNK_MIN 256u
 
 struct mvcc_arena {
   struct mvcc_arena *next;
@@ -176,17 +178,17 @@ int meta_put_raw(MDB_txn *txn, MDB_dbi dbi, const char *name, const void *p, siz
   return mdb_put(txn, dbi, &k, &v, 0);
 }
 
-int meta_get_i64(MDB_txn *txn, MDB_dbi dbi, const char *name, int64_t *out) {
+int meta_get_fixed(MDB_txn *txn, MDB_dbi dbi, const char *name, void *out, size_t n) {
   MDB_val k = {strlen(name), (void *)name};
   MDB_val v;
   int rc = mdb_get(txn, dbi, &k, &v);
   if (rc != 0) {
     return rc;
   }
-  if (v.mv_size != sizeof *out) {
+  if (v.mv_size != n) {
     return MDB_CORRUPTED;
   }
-  memcpy(out, v.mv_data, sizeof *out);
+  memcpy(out, v.mv_data, n);
   return 0;
 }
 
@@ -219,42 +221,34 @@ int mvcc_meta_get(mvcc_store *s, const char *name, void *buf, size_t cap, size_t
 /* ---- open and close ------------------------------------------------------- */
 
 static int store_load(mvcc_store *s, MDB_txn *txn) {
-  int64_t v;
-  int rc = meta_get_i64(txn, s->dbi_meta, "rev", &v);
+  struct meta_state ms;
+  struct meta_compact_pos cp;
+  int rc = meta_get_fixed(txn, s->dbi_meta, "state", &ms, sizeof ms);
+  if (rc == 0) {
+    rc = meta_get_fixed(txn, s->dbi_meta, "compact_pos", &cp, sizeof cp);
+  }
   if (rc != 0) {
     return rc;
   }
-  s->rev = v;
-  if ((rc = meta_get_i64(txn, s->dbi_meta, "compact_rev", &s->compact_rev)) != 0 ||
-      (rc = meta_get_i64(txn, s->dbi_meta, "compact_pos_rev", &s->compact_pos.rev)) != 0 ||
-      (rc = meta_get_i64(txn, s->dbi_meta, "compact_pos_sub", &v)) != 0) {
-    return rc;
-  }
-  s->compact_pos.sub = (uint32_t)v;
-  if ((rc = meta_get_i64(txn, s->dbi_meta, "applied_index", &v)) != 0) {
-    return rc;
-  }
-  s->applied_index = (uint64_t)v;
-  if ((rc = meta_get_i64(txn, s->dbi_meta, "applied_term", &v)) != 0) {
-    return rc;
-  }
-  s->applied_term = (uint64_t)v;
-  if (s->rev < 1 || s->compact_rev < 0 || s->compact_rev > s->rev) {
+  if (ms.rev < 1 || ms.compact_rev < 0 || ms.compact_rev > ms.rev || cp.rev < 0 || cp.sub < 0 ||
+      cp.sub > UINT32_MAX) {
     return MDB_CORRUPTED;
   }
+  s->rev = ms.rev;
+  s->compact_rev = ms.compact_rev;
+  s->applied_index = ms.applied_index;
+  s->applied_term = ms.applied_term;
+  s->compact_pos = (struct pos){cp.rev, (uint32_t)cp.sub};
   return 0;
 }
 
 static int store_init_meta(mvcc_store *s, MDB_txn *txn) {
-  int64_t zero = 0, one = 1;
+  struct meta_state ms = {.rev = 1};
+  struct meta_compact_pos cp = {0, 0};
   int rc;
   if ((rc = meta_put_raw(txn, s->dbi_meta, "format", MVCC_FORMAT, strlen(MVCC_FORMAT))) != 0 ||
-      (rc = meta_put_raw(txn, s->dbi_meta, "rev", &one, sizeof one)) != 0 ||
-      (rc = meta_put_raw(txn, s->dbi_meta, "compact_rev", &zero, sizeof zero)) != 0 ||
-      (rc = meta_put_raw(txn, s->dbi_meta, "compact_pos_rev", &zero, sizeof zero)) != 0 ||
-      (rc = meta_put_raw(txn, s->dbi_meta, "compact_pos_sub", &zero, sizeof zero)) != 0 ||
-      (rc = meta_put_raw(txn, s->dbi_meta, "applied_index", &zero, sizeof zero)) != 0 ||
-      (rc = meta_put_raw(txn, s->dbi_meta, "applied_term", &zero, sizeof zero)) != 0) {
+      (rc = meta_put_raw(txn, s->dbi_meta, "state", &ms, sizeof ms)) != 0 ||
+      (rc = meta_put_raw(txn, s->dbi_meta, "compact_pos", &cp, sizeof cp)) != 0) {
     return rc;
   }
   return 0;
@@ -539,6 +533,14 @@ void store_drop_rtxn(mvcc_store *s) {
     mdb_txn_abort(s->rtxn);
     s->rtxn = NULL;
   }
+  s->rtxn_live = false;
+}
+
+void store_park_rtxn(mvcc_store *s) {
+  if (s->rtxn != NULL && s->rtxn_live) {
+    mdb_txn_reset(s->rtxn);
+  }
+  s->rtxn_live = false;
 }
 
 void mvcc_close(mvcc_store *s) {
@@ -912,17 +914,25 @@ static int batch_once(mvcc_store *s, const struct mvcc_op *ops, size_t n,
   if (rc != 0) {
     return rc;
   }
-  store_drop_rtxn(s);
+  store_park_rtxn(s);
   MDB_txn *txn;
   int mrc = mdb_txn_begin(s->env, NULL, 0, &txn);
   if (mrc != 0) {
     return lmdb_err(mrc, "begin batch");
+  }
+  MDB_cursor *kv_cur = NULL, *hist_cur = NULL;
+  if ((mrc = mdb_cursor_open(txn, s->dbi_kv, &kv_cur)) != 0 ||
+      (mrc = mdb_cursor_open(txn, s->dbi_hist, &hist_cur)) != 0) {
+    mdb_txn_abort(txn); /* closes the cursors of a write transaction */
+    return lmdb_err(mrc, "cursor");
   }
   struct ctx c = {.s = s,
                   .txn = txn,
                   .rev = s->rev,
                   .compact_rev = s->compact_rev,
                   .writable = true,
+                  .kv_cur = kv_cur,
+                  .hist_cur = hist_cur,
                   .base_size = base_size};
   uint64_t applied = s->applied_index, term = s->applied_term;
   for (size_t i = 0; i < n; i++) {
@@ -952,6 +962,8 @@ static int batch_once(mvcc_store *s, const struct mvcc_op *ops, size_t n,
         results[j].type = ops[j].type;
         results[j].err = rc;
       }
+      mdb_cursor_close(kv_cur);
+      mdb_cursor_close(hist_cur);
       mdb_txn_abort(txn);
       return rc;
     }
@@ -960,12 +972,10 @@ static int batch_once(mvcc_store *s, const struct mvcc_op *ops, size_t n,
       c.rev = c.write_rev;
     }
   }
-  int64_t ai = (int64_t)applied, at = (int64_t)term;
-  if ((mrc = meta_put_raw(txn, s->dbi_meta, "rev", &c.rev, sizeof c.rev)) != 0 ||
-      (mrc = meta_put_raw(txn, s->dbi_meta, "compact_rev", &c.compact_rev,
-                          sizeof c.compact_rev)) != 0 ||
-      (mrc = meta_put_raw(txn, s->dbi_meta, "applied_index", &ai, sizeof ai)) != 0 ||
-      (mrc = meta_put_raw(txn, s->dbi_meta, "applied_term", &at, sizeof at)) != 0) {
+  mdb_cursor_close(kv_cur);
+  mdb_cursor_close(hist_cur);
+  struct meta_state ms = {c.rev, c.compact_rev, applied, term};
+  if ((mrc = meta_put_raw(txn, s->dbi_meta, "state", &ms, sizeof ms)) != 0) {
     mdb_txn_abort(txn);
   } else {
     mrc = mdb_txn_commit(txn); /* frees txn, also on failure */

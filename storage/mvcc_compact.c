@@ -40,7 +40,7 @@ static int compact_step_once(mvcc_store *s, size_t max_entries, bool *done) {
   if (*done) {
     return 0;
   }
-  store_drop_rtxn(s);
+  store_park_rtxn(s);
   MDB_txn *txn;
   int mrc = mdb_txn_begin(s->env, NULL, 0, &txn);
   if (mrc != 0) {
@@ -132,10 +132,8 @@ static int compact_step_once(mvcc_store *s, size_t max_entries, bool *done) {
     rc = lmdb_err(mrc, "compact");
   }
   if (rc == 0) {
-    int64_t sub = next.sub;
-    if ((mrc = meta_put_raw(txn, s->dbi_meta, "compact_pos_rev", &next.rev, sizeof next.rev)) !=
-            0 ||
-        (mrc = meta_put_raw(txn, s->dbi_meta, "compact_pos_sub", &sub, sizeof sub)) != 0) {
+    struct meta_compact_pos cp = {next.rev, next.sub};
+    if ((mrc = meta_put_raw(txn, s->dbi_meta, "compact_pos", &cp, sizeof cp)) != 0) {
       rc = lmdb_err(mrc, "compact meta");
     }
   }

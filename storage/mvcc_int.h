@@ -57,6 +57,19 @@ struct pos {
   uint32_t sub;
 };
 
+/* meta "state": written once per batch, in the batch's transaction. */
+struct meta_state {
+  int64_t rev;
+  int64_t compact_rev;
+  uint64_t applied_index;
+  uint64_t applied_term;
+};
+/* meta "compact_pos": written by each compaction step. */
+struct meta_compact_pos {
+  int64_t rev;
+  int64_t sub;
+};
+
 struct lease_rec {
   int64_t ttl;
   int64_t granted_ms;
@@ -75,7 +88,11 @@ struct mvcc_store {
   struct pos compact_pos; /* next history entry the physical compaction visits */
   uint64_t applied_index;
   uint64_t applied_term;
-  MDB_txn *rtxn; /* cached read transaction, reset between reads */
+  /* The cached read transaction. It stays live across reads and is reset
+   * (parked) when a write transaction starts, so consecutive reads share one
+   * snapshot setup; it never lives across a write. */
+  MDB_txn *rtxn;
+  bool rtxn_live;
   int marker_fd;  /* the sync marker file, see mvcc_sync_marker() */
   /* Held by a snapshot export (another thread) for its whole run; the owner
    * only try-locks it to grow the map, which LMDB forbids while another
@@ -87,6 +104,8 @@ struct mvcc_store {
 struct ctx {
   mvcc_store *s;
   MDB_txn *txn;
+  MDB_cursor *kv_cur;   /* write contexts: cursors on kv and hist for the batch */
+  MDB_cursor *hist_cur;
   int64_t rev;         /* latest revision visible in txn */
   int64_t compact_rev;
   bool writable;
@@ -130,12 +149,15 @@ bool in_range(const MDB_val *k, struct mvcc_bytes key, struct mvcc_bytes end);
 bool past_end(const MDB_val *k, struct mvcc_bytes key, struct mvcc_bytes end);
 int kv_copy(struct mvcc_arena **a, const struct rec *r, struct mvcc_bytes key, bool keys_only,
             struct mvcc_kv *out);
-int meta_get_i64(MDB_txn *txn, MDB_dbi dbi, const char *name, int64_t *out);
+/* Reads a fixed-size meta record; MDB_CORRUPTED if its size differs. */
+int meta_get_fixed(MDB_txn *txn, MDB_dbi dbi, const char *name, void *out, size_t n);
 
 /* Writes (mvcc_write.c). */
 int write_op(struct ctx *c, const struct mvcc_op *op, struct mvcc_result *res);
 int store_reopen(mvcc_store *s);
 void store_drop_rtxn(mvcc_store *s);
+/* Resets the cached read transaction before a write transaction. */
+void store_park_rtxn(mvcc_store *s);
 /* Grows the map after MDB_MAP_FULL; CAIRN_ENOSPACE at the maximum. */
 int store_grow_map(mvcc_store *s);
 /* A sync marker for a file synced as a whole (any transaction), this boot. */

@@ -10,11 +10,13 @@
 int ctx_read_begin(mvcc_store *s, struct ctx *c) {
   memset(c, 0, sizeof *c);
   int rc;
-  if (s->rtxn != NULL) {
+  if (s->rtxn != NULL && !s->rtxn_live) {
     rc = mdb_txn_renew(s->rtxn);
     if (rc != 0) {
       mdb_txn_abort(s->rtxn);
       s->rtxn = NULL;
+    } else {
+      s->rtxn_live = true;
     }
   }
   if (s->rtxn == NULL) {
@@ -23,6 +25,7 @@ int ctx_read_begin(mvcc_store *s, struct ctx *c) {
       s->rtxn = NULL;
       return lmdb_err(rc, "begin read");
     }
+    s->rtxn_live = true;
   }
   c->s = s;
   c->txn = s->rtxn;
@@ -32,9 +35,8 @@ int ctx_read_begin(mvcc_store *s, struct ctx *c) {
 }
 
 void ctx_read_end(mvcc_store *s, struct ctx *c) {
-  CAIRN_ASSERT(c->txn == s->rtxn);
-  mdb_txn_reset(s->rtxn);
-  c->txn = NULL;
+  CAIRN_ASSERT(c->txn == s->rtxn && s->rtxn_live);
+  c->txn = NULL; /* the transaction stays live until the next write */
 }
 
 /* ---- key ranges ----------------------------------------------------------- */
@@ -338,6 +340,64 @@ int range_exec(struct ctx *c, const struct mvcc_range_req *req, struct mvcc_aren
   return 0;
 }
 
+/* One key at the latest or an older revision: a single lookup, a single
+ * allocation. Same results as range_exec. */
+static int range_one(struct ctx *c, const struct mvcc_range_req *req, struct mvcc_arena **arena,
+                     struct mvcc_range_resp *out) {
+  memset(out, 0, sizeof *out);
+  int64_t latest = c->rev;
+  int64_t rev = req->revision <= 0 ? latest : req->revision;
+  out->revision = latest;
+  if (rev > latest) {
+    return CAIRN_EFUTURE_REV;
+  }
+  if (rev < c->compact_rev) {
+    return CAIRN_ECOMPACTED;
+  }
+  if (req->key.len > MVCC_MAX_KEY_BYTES) {
+    return 0;
+  }
+  MDB_val k = {req->key.len, (void *)req->key.data}, v;
+  int mrc = mdb_get(c->txn, c->s->dbi_kv, &k, &v);
+  if (mrc == MDB_NOTFOUND) {
+    return 0;
+  }
+  if (mrc != 0) {
+    return lmdb_err(mrc, "get");
+  }
+  struct rec r;
+  int found = resolve_at(c, &v, rev, &r);
+  if (found <= 0) {
+    return found;
+  }
+  out->count = 1;
+  if (req->count_only) {
+    return 0;
+  }
+  struct mvcc_kv kv = {.create_revision = r.h.create_rev,
+                       .mod_revision = r.h.mod_rev,
+                       .version = r.h.version,
+                       .lease = r.h.lease};
+  if (kv_filtered_out(req, &kv)) {
+    return 0;
+  }
+  size_t vlen = req->keys_only ? 0 : r.h.value_len;
+  uint8_t *mem = arena_alloc(arena, sizeof kv + req->key.len + vlen);
+  if (mem == NULL) {
+    return CAIRN_ENOMEM;
+  }
+  memcpy(mem + sizeof kv, req->key.data, req->key.len);
+  kv.key = (struct mvcc_bytes){mem + sizeof kv, req->key.len};
+  if (vlen > 0) {
+    memcpy(mem + sizeof kv + req->key.len, r.value, vlen);
+    kv.value = (struct mvcc_bytes){mem + sizeof kv + req->key.len, vlen};
+  }
+  memcpy(mem, &kv, sizeof kv);
+  out->kvs = (struct mvcc_kv *)(void *)mem;
+  out->n_kvs = 1;
+  return 0;
+}
+
 int mvcc_range(mvcc_store *s, const struct mvcc_range_req *req, struct mvcc_result *out) {
   memset(out, 0, sizeof *out);
   out->type = MVCC_OP_RANGE;
@@ -348,7 +408,8 @@ int mvcc_range(mvcc_store *s, const struct mvcc_range_req *req, struct mvcc_resu
   struct ctx c;
   int rc = ctx_read_begin(s, &c);
   if (rc == 0) {
-    rc = range_exec(&c, req, &out->arena, &out->u.range);
+    rc = req->range_end.len == 0 ? range_one(&c, req, &out->arena, &out->u.range)
+                                 : range_exec(&c, req, &out->arena, &out->u.range);
     ctx_read_end(s, &c);
   }
   if (rc != 0) {

@@ -37,7 +37,8 @@ static int hist_append(struct ctx *c, const struct rec_hdr *h, const void *key, 
   uint8_t hk[HIST_KEY_LEN];
   hist_key(hk, (struct pos){h->mod_rev, h->mod_sub});
   MDB_val k = {HIST_KEY_LEN, hk}, v = {rec_size(h), NULL};
-  int mrc = mdb_put(c->txn, c->s->dbi_hist, &k, &v, MDB_APPEND | MDB_RESERVE);
+  /* Appending through the batch's cursor skips the search for the end. */
+  int mrc = mdb_cursor_put(c->hist_cur, &k, &v, MDB_APPEND | MDB_RESERVE);
   if (mrc == MDB_KEYEXIST) {
     /* History positions only grow; an existing one means a broken store. */
     return CAIRN_ECORRUPT;
@@ -74,8 +75,11 @@ static int put_write(struct ctx *c, struct mvcc_bytes key, struct mvcc_bytes val
   h.create_rev = c->write_rev;
   h.version = 1;
   int64_t old_lease = 0;
-  int mrc = mdb_get(c->txn, c->s->dbi_kv, &k, &old);
-  if (mrc == 0) {
+  /* One search: the cursor stays on the old record and the put replaces it
+   * in place. */
+  int mrc = mdb_cursor_get(c->kv_cur, &k, &old, MDB_SET_KEY);
+  bool exists = mrc == 0;
+  if (exists) {
     struct rec o;
     int rc = rec_decode(&old, false, &o);
     if (rc != 0) {
@@ -99,7 +103,9 @@ static int put_write(struct ctx *c, struct mvcc_bytes key, struct mvcc_bytes val
   }
   h.key_len = 0;
   MDB_val v = {rec_size(&h), NULL};
-  mrc = mdb_put(c->txn, c->s->dbi_kv, &k, &v, MDB_RESERVE);
+  k.mv_size = key.len;
+  k.mv_data = (void *)key.data;
+  mrc = mdb_cursor_put(c->kv_cur, &k, &v, exists ? MDB_CURRENT | MDB_RESERVE : MDB_RESERVE);
   if (mrc != 0) {
     return lmdb_err(mrc, "put");
   }
