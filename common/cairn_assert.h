@@ -10,13 +10,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#define CAIRN_ASSERT(expr)                                                       \
-  do {                                                                           \
-    if (!(expr)) {                                                               \
-      fprintf(stderr, "%s:%d: %s: assertion failed: %s\n", __FILE__, __LINE__,  \
-              __func__, #expr);                                                  \
-      abort();                                                                   \
-    }                                                                            \
+#define CAIRN_ASSERT(expr)                                                                       \
+  do {                                                                                           \
+    if (!(expr)) {                                                                               \
+      fprintf(stderr, "%s:%d: %s: assertion failed: %s\n", __FILE__, __LINE__, __func__, #expr); \
+      abort();                                                                                   \
+    }                                                                                            \
   } while (0)
 
 #ifdef NDEBUG

@@ -8,7 +8,7 @@
 #define CAIRN_ERROR_H
 
 /* X(name, grpc_code, text). The enum value of CAIRN_E<name> is negative. */
-#define CAIRN_ERRORS(X)                                                          \
+#define CAIRN_ERRORS(X)                                                         \
   X(NOMEM, 8, "cairn: out of memory")                                           \
   X(INVAL, 3, "cairn: invalid argument")                                        \
   X(IO, 13, "cairn: input/output error")                                        \
@@ -49,7 +49,7 @@ enum cairn_error {
 #define CAIRN_X_ENUM(name, grpc, text) CAIRN_E##name,
   CAIRN_ERRORS(CAIRN_X_ENUM)
 #undef CAIRN_X_ENUM
-  CAIRN_E__END
+      CAIRN_E__END
 };
 
 /* The text of a CAIRN_E* code (etcd's text where etcd has one). For an

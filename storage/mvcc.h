@@ -254,7 +254,7 @@ struct mvcc_op {
 };
 
 struct mvcc_result {
-  int err;              /* 0 or a negative CAIRN_E* code for this op */
+  int err; /* 0 or a negative CAIRN_E* code for this op */
   enum mvcc_op_type type;
   union {
     struct mvcc_range_resp range;
@@ -262,7 +262,7 @@ struct mvcc_result {
     struct mvcc_delete_resp del;
     struct mvcc_txn_resp txn;
     struct mvcc_lease_resp lease; /* grant, revoke, checkpoint */
-    int64_t revision;            /* compact, meta put */
+    int64_t revision;             /* compact, meta put */
   } u;
   struct mvcc_arena *arena; /* owns the memory above; NULL if none */
 };

@@ -172,8 +172,9 @@ static int store_verify(mvcc_store *s) {
          mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
       struct rec r;
       rc = rec_decode(&v, i == 1, &r);
-      if (rc == 0 && i == 1 && (k.mv_size != HIST_KEY_LEN || hist_pos(&k).rev != r.h.mod_rev ||
-                                hist_pos(&k).rev > s->rev)) {
+      if (rc == 0 && i == 1 &&
+          (k.mv_size != HIST_KEY_LEN || hist_pos(&k).rev != r.h.mod_rev ||
+           hist_pos(&k).rev > s->rev)) {
         rc = CAIRN_ECORRUPT;
       }
     }

@@ -93,7 +93,7 @@ struct mvcc_store {
    * snapshot setup; it never lives across a write. */
   MDB_txn *rtxn;
   bool rtxn_live;
-  int marker_fd;  /* the sync marker file, see mvcc_sync_marker() */
+  int marker_fd; /* the sync marker file, see mvcc_sync_marker() */
   /* Held by a snapshot export (another thread) for its whole run; the owner
    * only try-locks it to grow the map, which LMDB forbids while another
    * thread has a read transaction open. */
@@ -104,9 +104,9 @@ struct mvcc_store {
 struct ctx {
   mvcc_store *s;
   MDB_txn *txn;
-  MDB_cursor *kv_cur;   /* write contexts: cursors on kv and hist for the batch */
+  MDB_cursor *kv_cur; /* write contexts: cursors on kv and hist for the batch */
   MDB_cursor *hist_cur;
-  int64_t rev;         /* latest revision visible in txn */
+  int64_t rev; /* latest revision visible in txn */
   int64_t compact_rev;
   bool writable;
   /* Writes: all writes of one op share write_rev, with sub 0, 1, ... */

@@ -394,8 +394,8 @@ static int txn_path(struct ctx *c, const struct mvcc_txn_req *t, struct path *p)
   return 0;
 }
 
-static int txn_check(struct ctx *c, const struct mvcc_txn_req *t, const struct path *p,
-                     size_t *at, uint64_t *cost) {
+static int txn_check(struct ctx *c, const struct mvcc_txn_req *t, const struct path *p, size_t *at,
+                     uint64_t *cost) {
   bool ok = p->v[(*at)++];
   const struct mvcc_request_op *ops = ok ? t->success : t->failure;
   size_t n = ok ? t->n_success : t->n_failure;

@@ -21,37 +21,35 @@
 
 static uint64_t test_seed_value;
 
-#define CHECK(expr)                                                                 \
-  do {                                                                              \
-    if (!(expr)) {                                                                  \
-      fprintf(stderr, "%s:%d: CHECK failed: %s (seed %" PRIu64 ")\n", __FILE__,    \
-              __LINE__, #expr, test_seed_value);                                    \
-      abort();                                                                      \
-    }                                                                               \
+#define CHECK(expr)                                                                              \
+  do {                                                                                           \
+    if (!(expr)) {                                                                               \
+      fprintf(stderr, "%s:%d: CHECK failed: %s (seed %" PRIu64 ")\n", __FILE__, __LINE__, #expr, \
+              test_seed_value);                                                                  \
+      abort();                                                                                   \
+    }                                                                                            \
   } while (0)
 
-#define CHECK_EQ_INT(a, b)                                                          \
-  do {                                                                              \
-    long long va_ = (long long)(a), vb_ = (long long)(b);                           \
-    if (va_ != vb_) {                                                               \
-      fprintf(stderr, "%s:%d: CHECK failed: %s == %s (%lld vs %lld) (seed %" PRIu64 \
-              ")\n",                                                                \
-              __FILE__, __LINE__, #a, #b, va_, vb_, test_seed_value);               \
-      abort();                                                                      \
-    }                                                                               \
+#define CHECK_EQ_INT(a, b)                                                                 \
+  do {                                                                                     \
+    long long va_ = (long long)(a), vb_ = (long long)(b);                                  \
+    if (va_ != vb_) {                                                                      \
+      fprintf(stderr, "%s:%d: CHECK failed: %s == %s (%lld vs %lld) (seed %" PRIu64 ")\n", \
+              __FILE__, __LINE__, #a, #b, va_, vb_, test_seed_value);                      \
+      abort();                                                                             \
+    }                                                                                      \
   } while (0)
 
 /* Checks that an expression returns the given CAIRN_E* code (or 0). */
-#define CHECK_ERR(expr, code)                                                       \
-  do {                                                                              \
-    int rc_ = (expr);                                                               \
-    if (rc_ != (code)) {                                                            \
-      fprintf(stderr, "%s:%d: %s returned %d (%s), wanted %d (%s) (seed %" PRIu64  \
-              ")\n",                                                                \
-              __FILE__, __LINE__, #expr, rc_, cairn_strerror(rc_), (int)(code),     \
-              cairn_strerror(code), test_seed_value);                               \
-      abort();                                                                      \
-    }                                                                               \
+#define CHECK_ERR(expr, code)                                                                      \
+  do {                                                                                             \
+    int rc_ = (expr);                                                                              \
+    if (rc_ != (code)) {                                                                           \
+      fprintf(stderr, "%s:%d: %s returned %d (%s), wanted %d (%s) (seed %" PRIu64 ")\n", __FILE__, \
+              __LINE__, #expr, rc_, cairn_strerror(rc_), (int)(code), cairn_strerror(code),        \
+              test_seed_value);                                                                    \
+      abort();                                                                                     \
+    }                                                                                              \
   } while (0)
 
 #define CHECK_OK(expr) CHECK_ERR(expr, 0)
@@ -101,11 +99,11 @@ static inline void test_rmdir(char *dir) {
   free(dir);
 }
 
-#define TEST_RUN(fn)                \
-  do {                              \
-    printf("  %s\n", #fn);          \
-    fflush(stdout);                 \
-    fn();                           \
+#define TEST_RUN(fn)       \
+  do {                     \
+    printf("  %s\n", #fn); \
+    fflush(stdout);        \
+    fn();                  \
   } while (0)
 
 #endif

@@ -2087,12 +2087,113 @@ static void test_feed_scan_limit(void) {
   test_rmdir(dir);
 }
 
+/* One batch bigger than the initial LMDB map (64 MiB; values are stored
+ * twice while latest): the engine grows the map and retries the whole batch.
+ * Results and contents must be those of a single application, and a txn and
+ * a delete in the same batch see the earlier ops. */
+static void test_big_batch(void) {
+  char *dir = test_tmpdir("model-big");
+  mvcc_store *s = NULL;
+  CHECK_OK(mvcc_open(dir, NULL, &s));
+  enum { N = 40 };
+  const size_t vlen = MVCC_MAX_VALUE_BYTES_DEFAULT;
+  uint8_t *buf = malloc(vlen + N);
+  CHECK(buf != NULL);
+  for (size_t i = 0; i < vlen + N; i++) {
+    buf[i] = (uint8_t)(i * 131 + i / 7);
+  }
+  static char names[N][16];
+  struct mvcc_op ops[N + 2];
+  struct mvcc_result res[N + 2];
+  memset(ops, 0, sizeof ops);
+  for (int i = 0; i < N; i++) {
+    snprintf(names[i], sizeof names[i], "big/%02d", i);
+    ops[i].type = MVCC_OP_PUT;
+    ops[i].u.put.key = mk_bytes((const uint8_t *)names[i], strlen(names[i]));
+    ops[i].u.put.value = mk_bytes(buf + i, vlen); /* a different value each */
+    ops[i].u.put.prev_kv = i == N - 1;
+    ops[i].raft_index = (uint64_t)i + 1;
+  }
+  /* A txn that compares the first put and rewrites key 0 with key 1's value,
+   * then a delete of keys 2..9 with prev_kv. */
+  struct mvcc_compare cmp;
+  memset(&cmp, 0, sizeof cmp);
+  cmp.target = MVCC_TARGET_MOD;
+  cmp.result = MVCC_CMP_EQUAL;
+  cmp.key = ops[0].u.put.key;
+  cmp.number = 2;
+  struct mvcc_request_op tput;
+  memset(&tput, 0, sizeof tput);
+  tput.type = MVCC_REQUEST_PUT;
+  tput.u.put.key = ops[0].u.put.key;
+  tput.u.put.value = ops[1].u.put.value;
+  tput.u.put.prev_kv = true;
+  ops[N].type = MVCC_OP_TXN;
+  ops[N].u.txn.compares = &cmp;
+  ops[N].u.txn.n_compares = 1;
+  ops[N].u.txn.success = &tput;
+  ops[N].u.txn.n_success = 1;
+  ops[N].raft_index = N + 1;
+  ops[N + 1].type = MVCC_OP_DELETE;
+  ops[N + 1].u.del.key = mk_bytes((const uint8_t *)"big/02", 6);
+  ops[N + 1].u.del.range_end = mk_bytes((const uint8_t *)"big/10", 6);
+  ops[N + 1].u.del.prev_kv = true;
+  ops[N + 1].raft_index = N + 2;
+  CHECK_OK(mvcc_apply(s, ops, N + 2, res));
+  for (int i = 0; i < N; i++) {
+    CHECK_OK(res[i].err);
+    CHECK_EQ_INT(res[i].u.put.revision, i + 2);
+    CHECK_EQ_INT(res[i].u.put.has_prev_kv, 0);
+  }
+  CHECK_OK(res[N].err);
+  CHECK(res[N].u.txn.succeeded);
+  CHECK_EQ_INT(res[N].u.txn.revision, N + 2);
+  CHECK(res[N].u.txn.responses[0].u.put.has_prev_kv);
+  CHECK(bytes_eq(res[N].u.txn.responses[0].u.put.prev_kv.value, buf, vlen));
+  CHECK_OK(res[N + 1].err);
+  CHECK_EQ_INT(res[N + 1].u.del.deleted, 8);
+  CHECK_EQ_INT(res[N + 1].u.del.n_prev_kvs, 8);
+  CHECK_EQ_INT(res[N + 1].u.del.revision, N + 3);
+  for (int i = 0; i < 8; i++) {
+    CHECK(bytes_eq(res[N + 1].u.del.prev_kvs[i].value, buf + 2 + i, vlen));
+    CHECK_EQ_INT(res[N + 1].u.del.prev_kvs[i].mod_revision, i + 4);
+  }
+  for (int i = 0; i < N + 2; i++) {
+    mvcc_result_free(&res[i]);
+  }
+  CHECK_EQ_INT(mvcc_current_revision(s), N + 3);
+  CHECK_EQ_INT(mvcc_applied_index(s), N + 2);
+  for (int round = 0; round < 2; round++) {
+    struct mvcc_range_req rq;
+    memset(&rq, 0, sizeof rq);
+    rq.key = mk_bytes((const uint8_t *)"big/", 4);
+    rq.range_end = mk_bytes((const uint8_t *)"big0", 4);
+    struct mvcc_result rr;
+    CHECK_OK(mvcc_range(s, &rq, &rr));
+    CHECK_EQ_INT(rr.u.range.n_kvs, N - 8);
+    for (size_t i = 0; i < rr.u.range.n_kvs; i++) {
+      const struct mvcc_kv *kv = &rr.u.range.kvs[i];
+      int k = i < 2 ? (int)i : (int)i + 8;
+      CHECK(bytes_eq(kv->key, (const uint8_t *)names[k], strlen(names[k])));
+      CHECK(bytes_eq(kv->value, buf + (k == 0 ? 1 : k), vlen));
+      CHECK_EQ_INT(kv->version, k == 0 ? 2 : 1);
+    }
+    mvcc_result_free(&rr);
+    mvcc_close(s);
+    CHECK_OK(mvcc_open(dir, NULL, &s));
+  }
+  mvcc_close(s);
+  free(buf);
+  test_rmdir(dir);
+}
+
 int main(void) {
   test_seed("test_model");
   trace_on = getenv("CAIRN_MODEL_TRACE") != NULL;
   sort_keys();
   TEST_RUN(test_model_basics);
   TEST_RUN(test_feed_scan_limit);
+  TEST_RUN(test_big_batch);
   TEST_RUN(test_model_random);
   return 0;
 }

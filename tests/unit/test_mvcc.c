@@ -20,7 +20,8 @@ static struct mvcc_bytes B(const char *s) {
   return (struct mvcc_bytes){(const uint8_t *)s, s ? strlen(s) : 0};
 }
 
-static void open_store(void) {
+static void
+open_store(void) {
   CHECK_OK(mvcc_open(dir, NULL, &st));
 }
 
@@ -76,7 +77,8 @@ static struct mvcc_result get(const char *k, const char *end, int64_t rev) {
 static void check_kv(const struct mvcc_kv *kv, const char *k, const char *v, int64_t create,
                      int64_t mod, int64_t version) {
   CHECK(kv->key.len == strlen(k) && memcmp(kv->key.data, k, kv->key.len) == 0);
-  CHECK(kv->value.len == strlen(v) && (kv->value.len == 0 || memcmp(kv->value.data, v, kv->value.len) == 0));
+  CHECK(kv->value.len == strlen(v) &&
+        (kv->value.len == 0 || memcmp(kv->value.data, v, kv->value.len) == 0));
   CHECK_EQ_INT(kv->create_revision, create);
   CHECK_EQ_INT(kv->mod_revision, mod);
   CHECK_EQ_INT(kv->version, version);
@@ -272,8 +274,8 @@ static void test_txn(void) {
   int64_t base = put("t/x", "1");
   /* compare mod == base: success branch with put, delete and range */
   /* t/z does not exist yet: it compares as all zero */
-  struct mvcc_compare cmp = {.result = MVCC_CMP_EQUAL, .target = MVCC_TARGET_CREATE,
-                             .key = B("t/z"), .number = 0};
+  struct mvcc_compare cmp = {
+      .result = MVCC_CMP_EQUAL, .target = MVCC_TARGET_CREATE, .key = B("t/z"), .number = 0};
   struct mvcc_request_op succ[3];
   memset(succ, 0, sizeof succ);
   succ[0].type = MVCC_REQUEST_PUT;
@@ -308,22 +310,27 @@ static void test_txn(void) {
   CHECK_EQ_INT(mvcc_current_revision(st), base + 1);
   mvcc_result_free(&r);
   /* VALUE compare on a missing key always fails, even NOT_EQUAL */
-  struct mvcc_compare vc = {.result = MVCC_CMP_NOT_EQUAL, .target = MVCC_TARGET_VALUE,
-                            .key = B("t/missing"), .value = B("q")};
+  struct mvcc_compare vc = {.result = MVCC_CMP_NOT_EQUAL,
+                            .target = MVCC_TARGET_VALUE,
+                            .key = B("t/missing"),
+                            .value = B("q")};
   struct mvcc_txn_req t2 = {.compares = &vc, .n_compares = 1};
   r = txn(&t2);
   CHECK(!r.u.txn.succeeded);
   mvcc_result_free(&r);
   /* a missing key compares as all zero */
-  struct mvcc_compare zc = {.result = MVCC_CMP_EQUAL, .target = MVCC_TARGET_VERSION,
-                            .key = B("t/missing"), .number = 0};
+  struct mvcc_compare zc = {
+      .result = MVCC_CMP_EQUAL, .target = MVCC_TARGET_VERSION, .key = B("t/missing"), .number = 0};
   t2.compares = &zc;
   r = txn(&t2);
   CHECK(r.u.txn.succeeded);
   mvcc_result_free(&r);
   /* compare over a range: every key must satisfy */
-  struct mvcc_compare rc = {.result = MVCC_CMP_GREATER, .target = MVCC_TARGET_CREATE,
-                            .key = B("t/"), .range_end = B("t0"), .number = base};
+  struct mvcc_compare rc = {.result = MVCC_CMP_GREATER,
+                            .target = MVCC_TARGET_CREATE,
+                            .key = B("t/"),
+                            .range_end = B("t0"),
+                            .number = base};
   t2.compares = &rc;
   r = txn(&t2);
   CHECK(!r.u.txn.succeeded); /* t/x was created at base */
@@ -356,8 +363,12 @@ static void test_txn(void) {
   inner_s[0].u.put.value = B("s");
   inner_f[0] = inner_s[0];
   inner_f[0].u.put.value = B("f");
-  struct mvcc_txn_req inner = {.compares = &zc, .n_compares = 1, .success = inner_s,
-                               .n_success = 1, .failure = inner_f, .n_failure = 1};
+  struct mvcc_txn_req inner = {.compares = &zc,
+                               .n_compares = 1,
+                               .success = inner_s,
+                               .n_success = 1,
+                               .failure = inner_f,
+                               .n_failure = 1};
   memset(outer, 0, sizeof outer);
   outer[0].type = MVCC_REQUEST_TXN;
   outer[0].u.txn = &inner;
