@@ -135,9 +135,14 @@ int rec_decode(const MDB_val *v, bool with_key, struct rec *out) {
   }
   memcpy(&out->h, v->mv_data, sizeof out->h);
   const struct rec_hdr *h = &out->h;
+  /* A key's versions form a chain of strictly decreasing revisions: that is
+   * what bounds every walk along it, so it is checked here. */
   if ((h->type != REC_PUT && h->type != REC_DEL) || (!with_key && h->key_len != 0) ||
+      h->key_len > MVCC_MAX_KEY_BYTES ||
       (uint64_t)sizeof *h + h->key_len + h->value_len != v->mv_size || h->mod_rev <= 0 ||
-      h->prev_rev < 0 || h->prev_rev > h->mod_rev) {
+      h->prev_rev < 0 || h->prev_rev >= h->mod_rev ||
+      (h->type == REC_PUT && (h->create_rev <= 0 || h->create_rev > h->mod_rev || h->version <= 0)) ||
+      (h->type == REC_DEL && h->value_len != 0)) {
     return CAIRN_ECORRUPT;
   }
   const uint8_t *p = (const uint8_t *)v->mv_data + sizeof *h;
@@ -447,6 +452,21 @@ static int store_env_open(mvcc_store *s) {
   }
   int dead = 0;
   mdb_reader_check(s->env, &dead);
+  /* LMDB trusts its meta page: a file shorter than the pages it names
+   * (truncated, an interrupted copy) would fault on first touch. */
+  MDB_envinfo info;
+  MDB_stat est;
+  if (mdb_env_info(s->env, &info) == 0 && mdb_env_stat(s->env, &est) == 0 &&
+      stat(path, &st) == 0 &&
+      ((uint64_t)info.me_last_pgno + 1) * est.ms_psize > (uint64_t)st.st_size &&
+      info.me_last_txnid > 0) {
+    fprintf(stderr, "cairn: storage: %s: the file is shorter (%lld bytes) than its pages (%llu)\n",
+            path, (long long)st.st_size,
+            (unsigned long long)(((uint64_t)info.me_last_pgno + 1) * est.ms_psize));
+    mdb_env_close(s->env);
+    s->env = NULL;
+    return CAIRN_ECORRUPT;
+  }
   snprintf(path, sizeof path, "%s/%s", s->dir, MVCC_SYNC_MARKER_FILE);
   s->marker_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (s->marker_fd < 0) {
@@ -940,8 +960,10 @@ static int batch_once(mvcc_store *s, const struct mvcc_op *ops, size_t n,
     memset(r, 0, sizeof *r);
     r->type = ops[i].type;
     if (ops[i].raft_index != 0) {
-      if (ops[i].raft_index <= applied) {
-        r->err = CAIRN_EREPLAY;
+      /* Compared with the index committed before this batch: ops of one
+       * raft entry share its index and are applied together. */
+      if (ops[i].raft_index <= s->applied_index || ops[i].raft_index < applied) {
+        r->err = CAIRN_EREPLAY; /* applied already, or going back: a replay */
         continue;
       }
       applied = ops[i].raft_index;

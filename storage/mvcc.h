@@ -227,7 +227,10 @@ enum mvcc_op_type {
 struct mvcc_op {
   enum mvcc_op_type type;
   /* The raft entry this op comes from; 0 when not from raft. An op whose index
-   * is <= the stored applied index is skipped with CAIRN_EREPLAY. */
+   * is <= the applied index stored before the batch is skipped with
+   * CAIRN_EREPLAY. Several ops may share an index (one raft entry carrying
+   * several requests); they must then be in the same batch. An op whose index
+   * is below an earlier op's in the same batch is a replay too. */
   uint64_t raft_index;
   uint64_t raft_term;
   union {

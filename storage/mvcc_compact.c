@@ -172,9 +172,12 @@ static int store_verify(mvcc_store *s) {
          mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
       struct rec r;
       rc = rec_decode(&v, i == 1, &r);
+      if (rc == 0 && r.h.mod_rev > s->rev) {
+        rc = CAIRN_ECORRUPT;
+      }
       if (rc == 0 && i == 1 &&
           (k.mv_size != HIST_KEY_LEN || hist_pos(&k).rev != r.h.mod_rev ||
-           hist_pos(&k).rev > s->rev)) {
+           hist_pos(&k).sub != r.h.mod_sub)) {
         rc = CAIRN_ECORRUPT;
       }
     }

@@ -101,7 +101,7 @@ int resolve_at(struct ctx *c, const MDB_val *kvdata, int64_t rev, struct rec *ou
   /* Walk the key's versions back from the latest until one is at or below
    * rev. Versions superseded at or below the compacted revision are gone;
    * reads never need them because rev >= compacted revision. */
-  for (uint32_t steps = 0;; steps++) {
+  for (;;) {
     if (out->h.mod_rev <= rev) {
       return out->h.type == REC_PUT ? 1 : 0;
     }
@@ -121,6 +121,11 @@ int resolve_at(struct ctx *c, const MDB_val *kvdata, int64_t rev, struct rec *ou
     rc = rec_decode(&v, true, out);
     if (rc != 0) {
       return rc;
+    }
+    /* The record must be the one the pointer names; with rec_decode's
+     * prev_rev < mod_rev this makes every step go strictly back. */
+    if (out->h.mod_rev != (int64_t)hist_pos(&k).rev || out->h.mod_sub != hist_pos(&k).sub) {
+      return CAIRN_ECORRUPT;
     }
   }
 }

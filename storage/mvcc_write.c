@@ -90,9 +90,11 @@ static int put_write(struct ctx *c, struct mvcc_bytes key, struct mvcc_bytes val
       h.version = o.h.version + 1;
       old_lease = o.h.lease;
     }
+    if (o.h.mod_rev >= h.mod_rev) {
+      return CAIRN_ECORRUPT; /* a version from the future: a broken record */
+    }
     h.prev_rev = o.h.mod_rev;
     h.prev_sub = o.h.mod_sub;
-    CAIRN_ASSERT(h.prev_rev <= h.mod_rev);
   } else if (mrc != MDB_NOTFOUND) {
     return lmdb_err(mrc, "get");
   }
@@ -123,9 +125,30 @@ static int put_write(struct ctx *c, struct mvcc_bytes key, struct mvcc_bytes val
 
 /* Checks a put against the current state: ignore_value/ignore_lease need the
  * key, a lease must exist. Returns its quota cost in *cost. */
-static int put_check(struct ctx *c, const struct mvcc_put_req *p, uint64_t *cost) {
+static int put_check_lease(struct ctx *c, const struct mvcc_put_req *p) {
+  if (p->lease == 0) {
+    return 0;
+  }
+  bool ok = false;
+  int rc = lease_exists(c, p->lease, &ok);
+  if (rc != 0) {
+    return rc;
+  }
+  return ok ? 0 : CAIRN_ELEASE_NOT_FOUND;
+}
+
+/* lease_first: a plain Put checks its lease before the key (etcd's Put); a
+ * put inside a Txn checks the key first (etcd's checkRequestPut). */
+static int put_check(struct ctx *c, const struct mvcc_put_req *p, bool lease_first,
+                     uint64_t *cost) {
   struct rec r;
   size_t value_len = p->value.len;
+  if (lease_first) {
+    int rc = put_check_lease(c, p);
+    if (rc != 0) {
+      return rc;
+    }
+  }
   if (p->ignore_value || p->ignore_lease) {
     int found = get_latest(c, p->key, &r);
     if (found < 0) {
@@ -138,14 +161,10 @@ static int put_check(struct ctx *c, const struct mvcc_put_req *p, uint64_t *cost
       value_len = r.h.value_len;
     }
   }
-  if (p->lease != 0) {
-    bool ok = false;
-    int rc = lease_exists(c, p->lease, &ok);
+  if (!lease_first) {
+    int rc = put_check_lease(c, p);
     if (rc != 0) {
       return rc;
-    }
-    if (!ok) {
-      return CAIRN_ELEASE_NOT_FOUND;
     }
   }
   *cost += put_cost(p->key.len, value_len);
@@ -231,6 +250,10 @@ static int delete_apply(struct ctx *c, const struct mvcc_delete_req *d,
       h.type = REC_DEL;
       h.mod_rev = c->write_rev;
       h.mod_sub = c->sub++;
+      if (o.h.mod_rev >= h.mod_rev) {
+        rc = CAIRN_ECORRUPT; /* a version from the future: a broken record */
+        break;
+      }
       h.prev_rev = o.h.mod_rev;
       h.prev_sub = o.h.mod_sub;
       int64_t lease = o.h.lease;
@@ -394,8 +417,12 @@ static int txn_path(struct ctx *c, const struct mvcc_txn_req *t, struct path *p)
   return 0;
 }
 
-static int txn_check(struct ctx *c, const struct mvcc_txn_req *t, const struct path *p, size_t *at,
-                     uint64_t *cost) {
+/* etcd checks every put on the chosen path, then every range: two passes,
+ * so that the first error is etcd's. */
+enum txn_check_pass { CHECK_PUTS, CHECK_RANGES };
+
+static int txn_check(struct ctx *c, const struct mvcc_txn_req *t, const struct path *p,
+                     size_t *at, enum txn_check_pass pass, uint64_t *cost) {
   bool ok = p->v[(*at)++];
   const struct mvcc_request_op *ops = ok ? t->success : t->failure;
   size_t n = ok ? t->n_success : t->n_failure;
@@ -403,13 +430,18 @@ static int txn_check(struct ctx *c, const struct mvcc_txn_req *t, const struct p
     int rc = 0;
     switch (ops[i].type) {
       case MVCC_REQUEST_TXN:
-        rc = txn_check(c, ops[i].u.txn, p, at, cost);
+        rc = txn_check(c, ops[i].u.txn, p, at, pass, cost);
         break;
       case MVCC_REQUEST_PUT:
-        rc = put_check(c, &ops[i].u.put, cost);
+        if (pass == CHECK_PUTS) {
+          rc = put_check(c, &ops[i].u.put, false, cost);
+        }
         break;
       case MVCC_REQUEST_RANGE: {
         int64_t rev = ops[i].u.range.revision;
+        if (pass != CHECK_RANGES) {
+          break;
+        }
         if (rev > c->rev) {
           rc = CAIRN_EFUTURE_REV;
         } else if (rev > 0 && rev < c->compact_rev) {
@@ -486,7 +518,11 @@ static int txn_apply(struct ctx *c, const struct mvcc_txn_req *t, struct mvcc_tx
   if (rc == 0) {
     size_t at = 0;
     uint64_t cost = 0;
-    rc = txn_check(c, t, &p, &at, &cost);
+    rc = txn_check(c, t, &p, &at, CHECK_PUTS, &cost);
+    if (rc == 0) {
+      at = 0;
+      rc = txn_check(c, t, &p, &at, CHECK_RANGES, &cost);
+    }
     if (rc == 0 && cost > 0) {
       rc = quota_take(c, cost);
     }
@@ -610,7 +646,7 @@ int write_op(struct ctx *c, const struct mvcc_op *op, struct mvcc_result *res) {
       return 0;
     case MVCC_OP_PUT: {
       uint64_t cost = 0;
-      *op_err = put_check(c, &op->u.put, &cost);
+      *op_err = put_check(c, &op->u.put, true, &cost);
       if (*op_err == 0) {
         *op_err = quota_take(c, cost);
       }

@@ -1407,8 +1407,10 @@ static void do_batch(struct run *r) {
   for (size_t i = 0; i < n; i++) {
     gen_batch_op(r, &ops[i]);
     if (from_raft) {
-      if (idx > 0 && chance(4)) {
-        ops[i].raft_index = idx - rnd(idx < 3 ? idx : 3);
+      if (idx > 1 && chance(4)) {
+        /* Below the highest index so far: a replay. (An op with the same
+         * index as the one before it belongs to the same raft entry.) */
+        ops[i].raft_index = idx - 1 - rnd(idx - 1 < 3 ? idx - 1 : 3);
         ops[i].raft_term = term;
         replayed[i] = true;
       } else {
