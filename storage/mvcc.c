@@ -950,7 +950,6 @@ static int batch_once(mvcc_store *s, const struct mvcc_op *ops, size_t n,
                   .txn = txn,
                   .rev = s->rev,
                   .compact_rev = s->compact_rev,
-                  .writable = true,
                   .kv_cur = kv_cur,
                   .hist_cur = hist_cur,
                   .base_size = base_size};

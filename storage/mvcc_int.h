@@ -108,7 +108,6 @@ struct ctx {
   MDB_cursor *hist_cur;
   int64_t rev; /* latest revision visible in txn */
   int64_t compact_rev;
-  bool writable;
   /* Writes: all writes of one op share write_rev, with sub 0, 1, ... */
   int64_t write_rev;
   uint32_t sub;
