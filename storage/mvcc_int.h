@@ -131,6 +131,9 @@ void u64_be(uint8_t out[8], uint64_t v);
 int lmdb_err(int rc, const char *what);
 
 /* Reads (mvcc_read.c). */
+/* The revision a read asks for (<= 0: the latest of c), or etcd's future or
+ * compacted error. */
+int range_revision(const struct ctx *c, int64_t requested, int64_t *rev);
 int ctx_read_begin(mvcc_store *s, struct ctx *c);
 void ctx_read_end(mvcc_store *s, struct ctx *c);
 /* 1: key exists at rev, *out filled; 0: absent; < 0: error. kvdata is the

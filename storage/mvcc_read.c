@@ -93,6 +93,17 @@ int cursor_seek(MDB_cursor *cur, struct mvcc_bytes key, MDB_val *k, MDB_val *v) 
 
 /* ---- versions ------------------------------------------------------------- */
 
+int range_revision(const struct ctx *c, int64_t requested, int64_t *rev) {
+  *rev = requested <= 0 ? c->rev : requested;
+  if (*rev > c->rev) {
+    return CAIRN_EFUTURE_REV;
+  }
+  if (*rev < c->compact_rev) {
+    return CAIRN_ECOMPACTED;
+  }
+  return 0;
+}
+
 int resolve_at(struct ctx *c, const MDB_val *kvdata, int64_t rev, struct rec *out) {
   int rc = rec_decode(kvdata, false, out);
   if (rc != 0) {
@@ -238,13 +249,11 @@ int range_exec(struct ctx *c, const struct mvcc_range_req *req, struct mvcc_aren
                struct mvcc_range_resp *out) {
   memset(out, 0, sizeof *out);
   int64_t latest = c->rev;
-  int64_t rev = req->revision <= 0 ? latest : req->revision;
   out->revision = latest;
-  if (rev > latest) {
-    return CAIRN_EFUTURE_REV;
-  }
-  if (rev < c->compact_rev) {
-    return CAIRN_ECOMPACTED;
+  int64_t rev;
+  int rrc = range_revision(c, req->revision, &rev);
+  if (rrc != 0) {
+    return rrc;
   }
   bool filters = req->min_mod_revision != 0 || req->max_mod_revision != 0 ||
                  req->min_create_revision != 0 || req->max_create_revision != 0;
@@ -351,13 +360,11 @@ static int range_one(struct ctx *c, const struct mvcc_range_req *req, struct mvc
                      struct mvcc_range_resp *out) {
   memset(out, 0, sizeof *out);
   int64_t latest = c->rev;
-  int64_t rev = req->revision <= 0 ? latest : req->revision;
   out->revision = latest;
-  if (rev > latest) {
-    return CAIRN_EFUTURE_REV;
-  }
-  if (rev < c->compact_rev) {
-    return CAIRN_ECOMPACTED;
+  int64_t rev;
+  int rrc = range_revision(c, req->revision, &rev);
+  if (rrc != 0) {
+    return rrc;
   }
   if (req->key.len > MVCC_MAX_KEY_BYTES) {
     return 0;

@@ -438,14 +438,9 @@ static int txn_check(struct ctx *c, const struct mvcc_txn_req *t, const struct p
         }
         break;
       case MVCC_REQUEST_RANGE: {
-        int64_t rev = ops[i].u.range.revision;
-        if (pass != CHECK_RANGES) {
-          break;
-        }
-        if (rev > c->rev) {
-          rc = CAIRN_EFUTURE_REV;
-        } else if (rev > 0 && rev < c->compact_rev) {
-          rc = CAIRN_ECOMPACTED;
+        int64_t rev;
+        if (pass == CHECK_RANGES) {
+          rc = range_revision(c, ops[i].u.range.revision, &rev);
         }
         break;
       }
