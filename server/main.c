@@ -1,0 +1,272 @@
+/* server/main.c: the cairn daemon: configuration, start-up, checkpoints,
+ * auto-compaction and shutdown. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/cairn_assert.h"
+#include "server/server.h"
+#include "storage/checkpoint.h"
+
+int metrics_init(struct server *s);
+
+/* The store is synced (a checkpoint) this often, so that the raft log behind
+ * it can be truncated and a machine crash loses at most this much of the
+ * store's own state (never acknowledged writes: those are in the raft log). */
+#define CHECKPOINT_INTERVAL_MS 1000u
+
+/* Periodic auto-compaction keeps this many revision samples. */
+#define COMPACTION_SAMPLES 11u
+
+static struct server srv;
+static uv_signal_t sig_term, sig_int;
+static uv_timer_t checkpoint_timer, compaction_timer;
+static bool checkpoint_running;
+
+struct compaction_sample {
+  uint64_t at_ms;
+  int64_t revision;
+};
+static struct compaction_sample samples[COMPACTION_SAMPLES];
+static size_t n_samples;
+
+static int mkdir_p(const char *path) {
+  char buf[1024];
+  snprintf(buf, sizeof buf, "%s", path);
+  for (char *p = buf + 1; *p; p++) {
+    if (*p == '/') {
+      *p = 0;
+      if (mkdir(buf, 0700) != 0 && errno != EEXIST) {
+        return -1;
+      }
+      *p = '/';
+    }
+  }
+  return mkdir(buf, 0700) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+static void on_checkpoint(void *data, int status, uint64_t index, int64_t revision) {
+  (void)data;
+  checkpoint_running = false;
+  if (status != 0) {
+    server_log(LOG_ERROR, "checkpoint failed: %s", cairn_strerror(status));
+    return;
+  }
+  server_log(LOG_DEBUG, "checkpoint: applied index %llu, revision %lld durable",
+             (unsigned long long)index, (long long)revision);
+}
+
+static void on_checkpoint_timer(uv_timer_t *t) {
+  (void)t;
+  if (checkpoint_running || srv.stopping) {
+    return;
+  }
+  if (checkpoint_start(srv.store, srv.fio, NULL, on_checkpoint) == 0) {
+    checkpoint_running = true;
+  }
+}
+
+static void on_auto_compacted(struct server *s, void *data, int status, struct mvcc_result *r) {
+  (void)data;
+  if (status == 0 && r->err == 0) {
+    server_log(LOG_INFO, "auto compaction: compacted to revision %lld",
+               (long long)mvcc_compacted_revision(s->store));
+    server_compaction_kick(s);
+  }
+  if (r != NULL) {
+    mvcc_result_free(r);
+    free(r);
+  }
+}
+
+static void auto_compact_to(int64_t rev) {
+  if (rev <= mvcc_compacted_revision(srv.store) || rev > mvcc_current_revision(srv.store)) {
+    return;
+  }
+  struct raftnode_status st;
+  raftnode_status(srv.raft, &st);
+  if (!st.is_leader) {
+    return;
+  }
+  struct mvcc_op op = {.type = MVCC_OP_COMPACT, .u.compact_revision = rev};
+  server_propose(&srv, &op, NULL, on_auto_compacted);
+}
+
+/* periodic: every retention/10, sample the revision; compact to the revision
+ * seen one retention ago. revision: every 5 minutes, keep the last
+ * `retention` revisions. (etcd 3.4's rules.) */
+static void on_compaction_timer(uv_timer_t *t) {
+  (void)t;
+  uint64_t now = uv_now(srv.loop);
+  int64_t rev = mvcc_current_revision(srv.store);
+  if (srv.cfg.auto_compaction_mode == COMPACTION_REVISION) {
+    auto_compact_to(rev - (int64_t)srv.cfg.auto_compaction_retention);
+    return;
+  }
+  uint64_t retention_ms = srv.cfg.auto_compaction_retention * 1000u;
+  if (n_samples == COMPACTION_SAMPLES) {
+    memmove(samples, samples + 1, (COMPACTION_SAMPLES - 1) * sizeof samples[0]);
+    n_samples--;
+  }
+  samples[n_samples++] = (struct compaction_sample){now, rev};
+  int64_t target = 0;
+  for (size_t i = 0; i < n_samples; i++) {
+    if (now - samples[i].at_ms >= retention_ms) {
+      target = samples[i].revision;
+    }
+  }
+  if (target > 0) {
+    auto_compact_to(target);
+  }
+}
+
+static void on_closed_all(void *data) {
+  (void)data;
+  uv_stop(srv.loop);
+}
+
+static void on_raft_stopped(void *data) {
+  (void)data;
+  fileio_close(srv.fio, on_closed_all, NULL);
+}
+
+static void on_grpc_closed(void *data) {
+  (void)data;
+  raftnode_stop(srv.raft, on_raft_stopped, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  (void)h;
+  if (srv.stopping) {
+    return;
+  }
+  server_log(LOG_INFO, "received %s signal, shutting down", signum == SIGTERM ? "terminated" : "interrupt");
+  srv.stopping = true;
+  uv_timer_stop(&checkpoint_timer);
+  uv_timer_stop(&compaction_timer);
+  uv_signal_stop(&sig_term);
+  uv_signal_stop(&sig_int);
+  grpc_server_shutdown(srv.grpc, 5000, on_grpc_closed, NULL);
+}
+
+static int start(void) {
+  struct config *c = &srv.cfg;
+  char store_dir[1100], member_dir[1100];
+  snprintf(member_dir, sizeof member_dir, "%s/member", c->data_dir);
+  snprintf(store_dir, sizeof store_dir, "%s/member/store", c->data_dir);
+  if (mkdir_p(member_dir) != 0) {
+    server_log(LOG_ERROR, "cannot create data directory %s: %s", member_dir, strerror(errno));
+    return 1;
+  }
+  struct mvcc_options so = {.quota_bytes = c->quota_backend_bytes,
+                            .max_txn_ops = c->max_txn_ops,
+                            .max_value_bytes = (uint32_t)c->max_request_bytes};
+  int rc = mvcc_open(store_dir, &so, &srv.store);
+  if (rc != 0) {
+    server_log(LOG_ERROR, "cannot open the store in %s: %s", store_dir, cairn_strerror(rc));
+    return 1;
+  }
+  server_log(LOG_INFO, "opened the store in %s at revision %lld, applied index %llu", store_dir,
+             (long long)mvcc_current_revision(srv.store),
+             (unsigned long long)mvcc_applied_index(srv.store));
+  if ((rc = fileio_init(srv.loop, 0, &srv.fio)) != 0) {
+    server_log(LOG_ERROR, "cannot start file I/O: %s", cairn_strerror(rc));
+    return 1;
+  }
+  struct raftnode_member members[CONFIG_MEMBERS_MAX];
+  for (size_t i = 0; i < c->n_initial_cluster; i++) {
+    members[i].name = c->initial_cluster[i].name;
+    members[i].peer_url = c->initial_cluster[i].peer_url;
+  }
+  struct raftnode_options ro = {.name = c->name,
+                                .data_dir = member_dir,
+                                .initial_cluster = members,
+                                .n_initial_cluster = c->n_initial_cluster,
+                                .cluster_token = c->initial_cluster_token,
+                                .new_cluster = c->initial_cluster_new,
+                                .heartbeat_ms = c->heartbeat_ms,
+                                .election_ms = c->election_ms,
+                                .snapshot_count = c->snapshot_count};
+  if ((rc = raftnode_start(srv.loop, srv.store, &ro, &srv.raft)) != 0) {
+    server_log(LOG_ERROR, "cannot start raft: %s", cairn_strerror(rc));
+    return 1;
+  }
+  /* etcd receives up to max-request-bytes + 512 KiB of gRPC message. */
+  struct grpc_server_options go = {.max_recv_message_bytes = c->max_request_bytes + 512u * 1024u};
+  if ((rc = grpc_server_init(srv.loop, &go, &srv.grpc)) != 0) {
+    server_log(LOG_ERROR, "cannot start the gRPC server: %s", cairn_strerror(rc));
+    return 1;
+  }
+  if ((rc = metrics_init(&srv)) != 0 || (rc = kv_service_init(&srv)) != 0 ||
+      (rc = watch_service_init(&srv)) != 0 || (rc = lease_service_init(&srv)) != 0 ||
+      (rc = maintenance_service_init(&srv)) != 0 || (rc = cluster_service_init(&srv)) != 0 ||
+      (rc = auth_service_init(&srv)) != 0 || (rc = health_service_init(&srv)) != 0 ||
+      (rc = http_endpoints_init(&srv)) != 0) {
+    server_log(LOG_ERROR, "cannot start the services: %s", cairn_strerror(rc));
+    return 1;
+  }
+  for (size_t i = 0; i < c->n_listen_client; i++) {
+    struct config_url *u = &c->listen_client[i];
+    struct grpc_tls_options tls = {.cert_file = c->cert_file,
+                                   .key_file = c->key_file,
+                                   .trusted_ca_file = c->trusted_ca_file[0] ? c->trusted_ca_file
+                                                                            : NULL,
+                                   .client_cert_auth = c->client_cert_auth};
+    bool https = strcmp(u->scheme, "https") == 0;
+    rc = grpc_server_listen(srv.grpc, u->host, u->port, https ? &tls : NULL);
+    if (rc != 0) {
+      server_log(LOG_ERROR, "cannot listen on %s://%s:%d: %s", u->scheme, u->host, u->port,
+                 cairn_strerror(rc));
+      return 1;
+    }
+    server_log(LOG_INFO, "serving client traffic on %s://%s:%d", u->scheme, u->host,
+               grpc_server_port(srv.grpc));
+  }
+  uv_timer_init(srv.loop, &checkpoint_timer);
+  uv_timer_start(&checkpoint_timer, on_checkpoint_timer, CHECKPOINT_INTERVAL_MS,
+                 CHECKPOINT_INTERVAL_MS);
+  uv_timer_init(srv.loop, &compaction_timer);
+  if (c->auto_compaction_retention > 0) {
+    uint64_t every = c->auto_compaction_mode == COMPACTION_REVISION
+                         ? 5u * 60u * 1000u
+                         : c->auto_compaction_retention * 1000u / 10u;
+    if (every == 0) {
+      every = 100;
+    }
+    uv_timer_start(&compaction_timer, on_compaction_timer, every, every);
+  }
+  uv_signal_init(srv.loop, &sig_term);
+  uv_signal_init(srv.loop, &sig_int);
+  uv_signal_start(&sig_term, on_signal, SIGTERM);
+  uv_signal_start(&sig_int, on_signal, SIGINT);
+  server_log(LOG_INFO, "ready to serve client requests");
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  switch (config_parse(&srv.cfg, argc, argv)) {
+    case CONFIG_EXIT_OK:
+      return 0;
+    case CONFIG_ERROR:
+      return 2;
+    case CONFIG_OK:
+      break;
+  }
+  server_log_set_level(srv.cfg.log_level);
+  /* Neither raft nor libuv ignores SIGPIPE: a peer that goes away must not
+   * kill the member. */
+  signal(SIGPIPE, SIG_IGN);
+  srv.loop = uv_default_loop();
+  server_log(LOG_INFO, "starting cairn %s (etcd API %s) as member %s, data in %s", CAIRN_VERSION,
+             CAIRN_ETCD_VERSION, srv.cfg.name, srv.cfg.data_dir);
+  if (start() != 0) {
+    return 1;
+  }
+  uv_run(srv.loop, UV_RUN_DEFAULT);
+  mvcc_close(srv.store);
+  server_log(LOG_INFO, "stopped");
+  return 0;
+}
