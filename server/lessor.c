@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "common/cairn_assert.h"
+#include "server/metrics.h"
 #include "server/server.h"
 
 #define EXPIRY_FOREVER UINT64_MAX
@@ -678,6 +679,9 @@ static void prop_done(struct server *s, void *data, int status, struct mvcc_resu
       break;
     case PROP_REVOKE:
       l->revokes_inflight--;
+      if (err == 0) {
+        metrics_inc(l->s->metrics, METRIC_LEASE_EXPIRED);
+      }
       if (!l->closing) {
         revoke_done(l, p->op.u.lease_revoke_id, err);
       }
@@ -705,6 +709,7 @@ static void prop_done(struct server *s, void *data, int status, struct mvcc_resu
   }
   if (r != NULL) {
     mvcc_result_free(r);
+    free(r);
   }
   free(p);
   maybe_free(l);
