@@ -16,7 +16,15 @@
  * grpc_call_finish() on a call that the peer already cancelled, but before
  * on_close ran, is allowed and does nothing.
  *
- * Errors: 0 or a negative CAIRN_E* code (common/cairn_error.h). */
+ * Errors: 0 or a negative CAIRN_E* code (common/cairn_error.h).
+ *
+ * Bounds (docs/wire.md has the whole table): request headers of one stream
+ * GRPC_HEADER_BYTES_MAX, open streams per connection GRPC_CONN_STREAMS_MAX
+ * (more are refused with RST_STREAM REFUSED_STREAM), bytes handed to the
+ * socket and not yet written GRPC_CONN_WRITE_BYTES_MAX per connection (the
+ * connection stops producing and stops reading until the peer drains it),
+ * the send queue of a call (max_send_queue_bytes), connections
+ * (max_connections), HTTP/1.1 request heads GRPC_HTTP_HEAD_BYTES_MAX. */
 #ifndef CAIRN_GRPC_H
 #define CAIRN_GRPC_H
 
@@ -26,6 +34,20 @@
 #include <uv.h>
 
 #include "common/cairn_error.h"
+
+/* Request header bytes (names + values) of one stream; a larger header
+ * block resets the stream (the client sees INTERNAL). */
+#define GRPC_HEADER_BYTES_MAX (16u * 1024u)
+/* Streams open at once on one HTTP/2 connection (the advertised
+ * MAX_CONCURRENT_STREAMS is 2^32-1, as etcd's, so that long-lived streams
+ * never block new calls at the client; this is the real bound). */
+#define GRPC_CONN_STREAMS_MAX 65536u
+/* Bytes given to the socket and not yet written, per connection. */
+#define GRPC_CONN_WRITE_BYTES_MAX (256u * 1024u)
+/* HTTP/1.1: request line and headers; larger: 431 and the connection closes. */
+#define GRPC_HTTP_HEAD_BYTES_MAX (16u * 1024u)
+/* grpc-message texts longer than this are cut (before percent-encoding). */
+#define GRPC_STATUS_MESSAGE_BYTES_MAX 4096u
 
 typedef struct grpc_server grpc_server;
 typedef struct grpc_call grpc_call;
@@ -63,7 +85,9 @@ struct grpc_method {
   /* A complete request message arrived. msg is valid during the call only.
    * Unary and server-streaming methods get exactly one on_message (after the
    * client's half-close, so the request is whole); bidi methods one per
-   * message as it arrives. */
+   * message as it arrives. A unary or server-streaming request with no
+   * message or more than one is answered INTERNAL by the server itself (no
+   * on_message; on_close still runs). */
   void (*on_message)(grpc_call *call, const uint8_t *msg, size_t len, void *ctx);
   /* The client half-closed (bidi only; NULL: ignore). */
   void (*on_half_close)(grpc_call *call, void *ctx);
@@ -75,18 +99,38 @@ struct grpc_method {
 };
 
 /* HTTP/1.1 requests on the same port (GET /health, /version, /metrics, the
- * JSON gateway). The handler answers with grpc_http_respond() on req, during
- * the callback or later (while the connection lives). */
+ * JSON gateway). method, path and body are valid during the callback only;
+ * the body is the whole Content-Length body (at most max_recv_message_bytes;
+ * chunked request bodies are refused with 411). The handler answers with
+ * grpc_http_respond() on req exactly once, during the callback or later.
+ * The connection reads no further request until then. Without a handler
+ * every request gets 404. */
 typedef struct grpc_http_request grpc_http_request;
 typedef void (*grpc_http_handler)(grpc_http_request *req, const char *method, const char *path,
                                   const uint8_t *body, size_t body_len, void *ctx);
+
+/* Answers req (status, Content-Type, body copied) and frees req: req is
+ * invalid afterwards. If the connection died in the meantime the answer is
+ * dropped, req is freed all the same and CAIRN_ESTOPPED is returned.
+ * content_type NULL: no Content-Type. Errors: CAIRN_ESTOPPED, CAIRN_ENOMEM
+ * (req is freed and the connection closed). */
 int grpc_http_respond(grpc_http_request *req, int status, const char *content_type,
                       const uint8_t *body, size_t len);
 
+/* A request header value (name case-insensitive; the first if repeated), or
+ * NULL. Valid until grpc_http_respond(). */
+const char *grpc_http_header(const grpc_http_request *req, const char *name);
+
+/* TLS 1.2 or later; ALPN "h2" when the client offers it, else "http/1.1"
+ * (or none), and a connection without "h2" is told apart by its first bytes
+ * as on a plaintext port. */
 struct grpc_tls_options {
-  const char *cert_file;      /* PEM; both NULL: plaintext */
-  const char *key_file;
-  const char *trusted_ca_file; /* with client_cert_auth: verify client certs */
+  const char *cert_file; /* PEM server certificate chain (required) */
+  const char *key_file;  /* PEM private key (required) */
+  /* PEM CA bundle for client certificates. Given without client_cert_auth:
+   * a client certificate is verified if presented but not required. */
+  const char *trusted_ca_file;
+  /* Require a client certificate signed by trusted_ca_file (needs it). */
   bool client_cert_auth;
 };
 
@@ -105,15 +149,20 @@ struct grpc_server_options {
 int grpc_server_init(uv_loop_t *loop, const struct grpc_server_options *opts, grpc_server **out);
 
 /* Registers methods (copied; paths are copied). Unknown paths are answered
- * with UNIMPLEMENTED "unknown service X" / "unknown method M for service X". */
+ * with UNIMPLEMENTED "unknown service X" / "unknown method M for service X".
+ * Errors: CAIRN_EINVAL (a path not of the form "/service/method", a path
+ * already registered, on_message NULL; nothing is registered then),
+ * CAIRN_ENOMEM. */
 int grpc_server_register(grpc_server *s, const struct grpc_method *methods, size_t n);
 
 void grpc_server_set_http_handler(grpc_server *s, grpc_http_handler h, void *ctx);
 
-/* Listens on host:port ("127.0.0.1", 2379); tls may be NULL for h2c with
- * prior knowledge (and HTTP/1.1). Several listeners may be added. Errors:
- * CAIRN_EIO (bind/listen failed, message on stderr), CAIRN_EINVAL (bad TLS
- * files, message on stderr). */
+/* Listens on host:port ("127.0.0.1", "::1", "0.0.0.0"; port 0: any); tls
+ * may be NULL for h2c with prior knowledge (and HTTP/1.1). Several listeners
+ * may be added; each keeps its own TLS settings (files are read here).
+ * Errors: CAIRN_EIO (bind/listen failed, message on stderr), CAIRN_EINVAL
+ * (bad host, bad TLS files or options, message on stderr), CAIRN_ESTOPPED
+ * (shutting down), CAIRN_ENOMEM. */
 int grpc_server_listen(grpc_server *s, const char *host, int port,
                        const struct grpc_tls_options *tls);
 
@@ -121,30 +170,45 @@ int grpc_server_listen(grpc_server *s, const char *host, int port,
 int grpc_server_port(const grpc_server *s);
 
 /* Graceful shutdown: GOAWAY(2^31-1), PING, then GOAWAY(last stream) on every
- * connection; calls in progress may finish; listeners close at once.
- * When every connection is gone (or after timeout_ms, when the rest are
- * closed), closed_cb runs and the server is freed. */
+ * HTTP/2 connection (after the PING's ACK); calls in progress may finish;
+ * HTTP/1.1 connections close after the request in progress; listeners close
+ * at once. When every connection is gone (or after timeout_ms, when the rest
+ * are closed and their calls get on_close), closed_cb runs (from the loop,
+ * never inside this call) and the server is freed. Call it once; closed_cb
+ * may be NULL. */
 void grpc_server_shutdown(grpc_server *s, uint64_t timeout_ms, void (*closed_cb)(void *data),
                           void *data);
 
 /* ---- calls ---------------------------------------------------------------- */
 
 /* Queues one response message (copied). The response headers go out with
- * the first message. Errors: CAIRN_EBUSY (the call's send queue holds more
- * than max_send_queue_bytes: wait for on_writable), CAIRN_ESTOPPED (the call
- * is finished or cancelled). */
+ * the first message. A message is accepted when the call's send queue is
+ * empty or stays within max_send_queue_bytes with it (so one message of any
+ * size can always be sent). Errors: CAIRN_EBUSY (queue full: wait for
+ * on_writable), CAIRN_ESTOPPED (finish was called, or the call was cancelled,
+ * timed out or lost its connection), CAIRN_ENOMEM, CAIRN_EINVAL (msg NULL
+ * with len > 0, len >= 4 GiB). */
 int grpc_call_send(grpc_call *call, const uint8_t *msg, size_t len);
 
 /* Ends the call with a status: after the queued messages, trailers with
- * grpc-status and grpc-message (percent-encoded); a call with no message
- * sent gets a trailers-only response. message may be NULL. on_close follows. */
+ * grpc-status and grpc-message (percent-encoded; cut at
+ * GRPC_STATUS_MESSAGE_BYTES_MAX); a call with no message sent gets a
+ * trailers-only response. message may be NULL (copied). on_close follows,
+ * from the loop (never inside this call). If the client has not half-closed
+ * its side, RST_STREAM(NO_ERROR) follows the trailers, as grpc-go does.
+ * On a call that the client cancelled, that timed out or lost its connection
+ * it does nothing and returns 0. Errors: CAIRN_ESTOPPED (finish was already
+ * called), CAIRN_EINVAL (status outside 0..16). */
 int grpc_call_finish(grpc_call *call, int status, const char *message);
 
 /* Bytes queued and not yet handed to the connection. */
 size_t grpc_call_queued_bytes(const grpc_call *call);
 
 /* Runs cb once the call's send queue falls below half of the bound (for
- * producers that got CAIRN_EBUSY or want to pace themselves). One at a time. */
+ * producers that got CAIRN_EBUSY or want to pace themselves). One at a time:
+ * a second registration replaces the first; cb NULL cancels. cb runs from
+ * the loop, never inside this call (also when the queue is already below
+ * half), and never after on_close. */
 void grpc_call_on_writable(grpc_call *call, void (*cb)(grpc_call *call, void *data), void *data);
 
 /* A request header value ("hasleader", "token", ...), or NULL. Valid for the
@@ -152,7 +216,8 @@ void grpc_call_on_writable(grpc_call *call, void (*cb)(grpc_call *call, void *da
 const char *grpc_call_header(const grpc_call *call, const char *name);
 
 /* The deadline from grpc-timeout as uv_now() milliseconds, or 0 for none.
- * The server itself cancels the call with DEADLINE_EXCEEDED when it passes. */
+ * The server itself finishes the call with DEADLINE_EXCEEDED when it passes
+ * (queued messages not yet sent are dropped), then on_close runs. */
 uint64_t grpc_call_deadline(const grpc_call *call);
 
 /* A pointer the service may attach to the call. */
@@ -161,9 +226,9 @@ void *grpc_call_user(const grpc_call *call);
 
 /* Counters for /metrics. */
 struct grpc_server_stats {
-  uint64_t connections;
-  uint64_t streams_open;
-  uint64_t calls_total;
+  uint64_t connections;  /* open now (every protocol) */
+  uint64_t streams_open; /* HTTP/2 streams open now */
+  uint64_t calls_total;  /* calls dispatched to a registered method, ever */
 };
 void grpc_server_stats(const grpc_server *s, struct grpc_server_stats *out);
 
