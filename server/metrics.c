@@ -13,7 +13,9 @@
 
 #include "common/cairn_assert.h"
 #include "common/cairn_error.h"
+#include "server/lessor.h"
 #include "server/server.h"
+#include "server/watch_hub.h"
 
 /* gRPC status codes 0..16 and go-grpc-prometheus's names for them. */
 #define METRICS_CODES 17
@@ -481,6 +483,22 @@ int metrics_render(struct server *s, char **out, size_t *len) {
     tb_gauge(&b, "etcd_debugging_mvcc_compact_revision",
              "The revision of the last compaction in store.",
              (double)mvcc_compacted_revision(s->store));
+  }
+
+  /* Watchers and leases. */
+  if (s->watch != NULL) {
+    uint64_t watchers = 0, streams = 0, slow = 0;
+    watch_hub_stats(s->watch, &watchers, &streams, &slow);
+    tb_gauge_u64(&b, "etcd_debugging_mvcc_watcher_total", "Total number of watchers.", watchers);
+    tb_gauge_u64(&b, "etcd_debugging_mvcc_watch_stream_total", "Total number of watch streams.",
+                 streams);
+    tb_gauge_u64(&b, "etcd_debugging_mvcc_slow_watcher_total",
+                 "Total number of unsynced slow watchers.", slow);
+  }
+  if (s->lessor != NULL) {
+    uint64_t leases = 0;
+    lessor_stats(s->lessor, &leases);
+    tb_gauge_u64(&b, "cairn_lease_total", "Leases this member knows.", leases);
   }
 
   /* Histograms. */
