@@ -106,8 +106,7 @@ static void on_probe_done(struct server *s, void *data, int status, struct mvcc_
   struct health_probe *p = data;
   bool ok = status == 0 && r != NULL && r->err == 0;
   if (r != NULL) {
-    mvcc_result_free(r);
-    free(r);
+    mvcc_result_free(r); /* server.h: the struct is not ours */
   }
   p->proposal_done = true;
   if (!p->answered) {

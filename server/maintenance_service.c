@@ -338,8 +338,7 @@ static void on_alarm_stored(struct server *s, void *data, int status, struct mvc
   (void)data;
   int err = status != 0 ? status : r->err;
   if (r != NULL) {
-    mvcc_result_free(r);
-    free(r);
+    mvcc_result_free(r); /* server.h: the struct is not ours */
   }
   ms.alarm_writing = false;
   if (err != 0) {
@@ -386,8 +385,7 @@ static void on_alarm_applied(struct server *s, void *data, int status, struct mv
   struct alarm_call *ac = data;
   int err = status != 0 ? status : r->err;
   if (r != NULL) {
-    mvcc_result_free(r);
-    free(r);
+    mvcc_result_free(r); /* server.h: the struct is not ours */
   }
   if (err == 0) {
     if (ac->activate) {
