@@ -24,6 +24,16 @@ static grpc_call *stream_call(nghttp2_session *session, int32_t stream_id) {
   return nghttp2_session_get_stream_user_data(session, stream_id);
 }
 
+/* The GOAWAY naming the last stream we processed (once). */
+static void shutdown_final_goaway(grpc_conn *c) {
+  if (c->goaway_sent) {
+    return;
+  }
+  c->goaway_sent = true;
+  nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c->h2),
+                        NGHTTP2_NO_ERROR, NULL, 0);
+}
+
 static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame,
                             void *user_data) {
   grpc_conn *c = user_data;
@@ -92,11 +102,8 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
       /* The ACK of the PING sent with the shutdown notice: every stream the
        * client opened before it has reached us, so the final GOAWAY can
        * name the last one. */
-      if ((frame->hd.flags & NGHTTP2_FLAG_ACK) && c->shutdown_notice_sent && !c->goaway_sent) {
-        c->goaway_sent = true;
-        nghttp2_submit_goaway(session, NGHTTP2_FLAG_NONE,
-                              nghttp2_session_get_last_proc_stream_id(session), NGHTTP2_NO_ERROR,
-                              NULL, 0);
+      if ((frame->hd.flags & NGHTTP2_FLAG_ACK) && c->shutdown_ping_sent) {
+        shutdown_final_goaway(c);
       }
       break;
     default:
@@ -129,7 +136,17 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
 }
 
 static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
-  (void)user_data;
+  grpc_conn *c = user_data;
+  if (frame->hd.type == NGHTTP2_GOAWAY && c->shutdown_notice_sent && !c->shutdown_ping_sent &&
+      frame->goaway.last_stream_id == INT32_MAX) {
+    /* nghttp2 sends PINGs ahead of everything else, so the PING is only
+     * submitted once the notice is out: the client must see GOAWAY first. */
+    c->shutdown_ping_sent = true;
+    if (nghttp2_submit_ping(session, NGHTTP2_FLAG_NONE, NULL) != 0) {
+      shutdown_final_goaway(c);
+    }
+    return 0;
+  }
   if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) {
     return 0;
   }
@@ -229,7 +246,10 @@ void grpc_h2_send(grpc_conn *c) {
   if (c->writable_due) {
     grpc_server_mark_dirty(c->s, c); /* the rest on the next iteration */
   }
-  if (!nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2)) {
+  /* nghttp2 counts the shutdown notice as a GOAWAY sent, so between the
+   * notice and the final GOAWAY it may say it is done: wait for the ACK. */
+  bool between = c->shutdown_notice_sent && !c->goaway_sent;
+  if (!between && !nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2)) {
     /* Both sides said GOAWAY (or nghttp2 ended the session on a protocol
      * error) and no stream is left. */
     grpc_conn_drain(c);
@@ -241,15 +261,12 @@ void grpc_h2_shutdown(grpc_conn *c) {
     return;
   }
   c->shutdown_notice_sent = true;
-  /* GOAWAY(2^31-1) tells the client to open no new streams; the PING's ACK
-   * then marks the point after which no stream it opened can still be in
-   * flight (on_frame_recv sends the final GOAWAY). */
-  if (nghttp2_submit_shutdown_notice(c->h2) != 0 ||
-      nghttp2_submit_ping(c->h2, NGHTTP2_FLAG_NONE, NULL) != 0) {
-    c->goaway_sent = true;
-    nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
-                          nghttp2_session_get_last_proc_stream_id(c->h2), NGHTTP2_NO_ERROR, NULL,
-                          0);
+  /* GOAWAY(2^31-1) tells the client to open no new streams; a PING follows
+   * it (on_frame_send), and the PING's ACK marks the point after which no
+   * stream the client opened can still be in flight: on_frame_recv then
+   * sends the final GOAWAY. */
+  if (nghttp2_submit_shutdown_notice(c->h2) != 0) {
+    shutdown_final_goaway(c);
   }
   grpc_server_mark_dirty(c->s, c);
 }

@@ -158,7 +158,8 @@ struct grpc_conn {
   struct grpc_call *calls; /* every stream with a call object */
   unsigned n_streams;
   struct grpc_call *writable_due; /* calls whose on_writable should run */
-  bool shutdown_notice_sent;      /* GOAWAY(2^31-1) + PING submitted */
+  bool shutdown_notice_sent;      /* GOAWAY(2^31-1) submitted */
+  bool shutdown_ping_sent;        /* the PING after it submitted */
   bool goaway_sent;               /* the final GOAWAY submitted */
 
   struct http1_state *http1;
