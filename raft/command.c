@@ -241,7 +241,7 @@ int command_encode(uint64_t request_id, const struct mvcc_op *op, struct raft_bu
   if (e.err != 0) {
     return e.err;
   }
-  size_t len = e.n;
+  size_t len = (e.n + COMMAND_ALIGN - 1) & ~(size_t)(COMMAND_ALIGN - 1);
   uint8_t *buf = raft_malloc(len);
   if (buf == NULL) {
     return CAIRN_ENOMEM;
@@ -249,7 +249,8 @@ int command_encode(uint64_t request_id, const struct mvcc_op *op, struct raft_bu
   e = (struct enc){buf, 0, 0};
   enc_op(&e, request_id, op);
   /* The op is the caller's and was not changed in between: same size. */
-  CAIRN_ASSERT(e.err == 0 && e.n == len);
+  CAIRN_ASSERT(e.err == 0 && len - e.n < COMMAND_ALIGN);
+  memset(buf + e.n, 0, len - e.n);
   out->base = buf;
   out->len = len;
   return 0;
@@ -609,8 +610,14 @@ static int dec_op(struct dec *d, struct command *c) {
       break;
     }
   }
-  if (left(d) != 0) {
-    return CAIRN_ECORRUPT; /* trailing bytes */
+  /* Then zeros up to the padded length, and nothing else. */
+  if (left(d) >= COMMAND_ALIGN) {
+    return CAIRN_ECORRUPT;
+  }
+  for (; d->p < d->end; d->p++) {
+    if (*d->p != 0) {
+      return CAIRN_ECORRUPT;
+    }
   }
   return 0;
 }
@@ -620,7 +627,7 @@ static int dec_op(struct dec *d, struct command *c) {
 int command_decode(const void *buf, size_t len, struct command *out) {
   CAIRN_ASSERT(out != NULL && (buf != NULL || len == 0));
   memset(out, 0, sizeof *out);
-  if (len == 0) {
+  if (len == 0 || len % COMMAND_ALIGN != 0) {
     return CAIRN_ECORRUPT;
   }
   const uint8_t *p = buf;

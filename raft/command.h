@@ -4,13 +4,19 @@
  * Layout (version 1): one version byte, the request id (8 bytes, little
  * endian), then the op: integers as LEB128 varints (signed ones zigzagged),
  * byte strings as a varint length and the bytes, booleans packed in a flags
- * byte, lists as a varint count and the elements. Nothing is aligned and no
- * padding is written: a put of a small key and value costs ~20 bytes. The
- * encoding is canonical: decoding and re-encoding gives the same bytes.
+ * byte, lists as a varint count and the elements; then zero bytes up to a
+ * multiple of COMMAND_ALIGN. A put of a small key and value costs 24 bytes.
+ * The encoding is canonical: decoding and re-encoding gives the same bytes.
+ *
+ * The padding is libraft 0.15's need, not ours: its uv backend writes entries
+ * padded to 8 bytes but its loader of closed segments advances by the
+ * unpadded length, so a log holding entries of other lengths cannot be read
+ * back after a restart ("entries count ... in preamble is too high").
  *
  * Decoding trusts nothing: every length and count is checked against the
  * bytes left, every enum and flag against its known values, varints must be
- * minimal, nesting is bounded, and trailing bytes are refused. A malformed or
+ * minimal, nesting is bounded, and anything after the op but the exact zero
+ * padding is refused. A malformed or
  * truncated buffer is CAIRN_ECORRUPT, never a crash. Every element of a list
  * takes at least one input byte, so what a decode allocates is bounded by a
  * small multiple of the input length (at most sizeof(struct mvcc_request_op)
@@ -26,6 +32,8 @@
 #include "storage/mvcc.h"
 
 #define COMMAND_VERSION 1u
+/* Every encoding's length is a multiple of this (see above). */
+#define COMMAND_ALIGN 8u
 /* Nesting of txns inside txns (a top-level txn is level 1). The store
  * refuses deeper than max_txn_ops + 1 levels (128 + 1 by default). */
 #define COMMAND_TXN_LEVELS_MAX 256u

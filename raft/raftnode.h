@@ -5,9 +5,15 @@
  * entry commits, the state machine applies it into the store and the
  * proposer's callback gets the op's result. Reads are served from the store by
  * the caller. All libraft calls stay in raft/ (see ../shared/docs/raft-notes.md
- * for the library's traps).
+ * for the library's traps, and docs/raft.md for this glue).
  *
- * Threading: one loop thread; every callback runs on it.
+ * Threading: one loop thread; every callback runs on it, always from the loop
+ * and never from inside the call that caused it, nor from inside libraft
+ * (so a callback may call raftnode_propose() or raftnode_stop()).
+ *
+ * Process: neither raft nor libuv ignores SIGPIPE, and a member can die of one
+ * when a peer goes away: the daemon must ignore SIGPIPE at start-up.
+ *
  * Errors: 0 or a negative CAIRN_E* code. */
 #ifndef CAIRN_RAFTNODE_H
 #define CAIRN_RAFTNODE_H
@@ -22,45 +28,75 @@ typedef struct raftnode raftnode;
 
 struct raftnode_member {
   const char *name;
-  const char *peer_url; /* "http://127.0.0.1:2380" */
+  const char *peer_url; /* "http://127.0.0.1:2380"; several entries with one name: several URLs */
 };
+
+/* Defaults for the options left 0. */
+#define RAFTNODE_HEARTBEAT_MS_DEFAULT 100u
+#define RAFTNODE_ELECTION_MS_DEFAULT 1000u
+#define RAFTNODE_SNAPSHOT_COUNT_DEFAULT 100000u /* etcd 3.4's --snapshot-count */
+/* Entries kept in the log behind each snapshot, so that a follower a little
+ * behind catches up from the log (etcd's snapshot catch-up entries). */
+#define RAFTNODE_SNAPSHOT_TRAILING 5000u
 
 struct raftnode_options {
   const char *name;     /* this member's name (--name) */
-  const char *data_dir; /* raft's log goes to <data_dir>/raft, the store is the caller's */
+  const char *data_dir; /* raft's log goes to <data_dir>/raft (created), the store is the caller's */
   const struct raftnode_member *initial_cluster; /* --initial-cluster */
   size_t n_initial_cluster;
-  const char *cluster_token; /* --initial-cluster-token */
+  const char *cluster_token; /* --initial-cluster-token; NULL: "etcd-cluster" */
   bool new_cluster;          /* --initial-cluster-state new */
-  unsigned heartbeat_ms;     /* --heartbeat-interval, default 100 */
-  unsigned election_ms;      /* --election-timeout, default 1000 */
-  uint64_t snapshot_count;   /* --snapshot-count: entries between snapshots */
+  unsigned heartbeat_ms;     /* --heartbeat-interval, 0: 100 */
+  unsigned election_ms;      /* --election-timeout, 0: 1000 */
+  uint64_t snapshot_count;   /* --snapshot-count: entries between snapshots, 0: 100000 */
+  unsigned request_timeout_ms; /* a proposal's deadline; 0: 5000 + 2 * election_ms (etcd's) */
 };
 
-/* The outcome of a proposal. result is the op's mvcc result (the callee owns
- * it: the callback must mvcc_result_free() it, or take it over). status is 0
- * when the op was applied (result->err then holds its own etcd outcome),
- * or CAIRN_ELEADER_CHANGED / CAIRN_ETIMEOUT (outcome unknown),
- * CAIRN_ENO_LEADER, CAIRN_ESTOPPED; result is then NULL. */
+/* The outcome of a proposal. status is 0 when the op was applied: result is
+ * then the op's mvcc result (result->err holds its own etcd outcome), in
+ * memory valid during the callback only: the callback must
+ * mvcc_result_free(result), or take the result over by copying the struct
+ * (which moves its arena) and not freeing it. Otherwise result is NULL and
+ * status is CAIRN_ELEADER_CHANGED or CAIRN_ETIMEOUT (outcome unknown: the
+ * entry may still commit), CAIRN_ESTOPPED (the member stopped before the
+ * outcome was known: unknown as well), or CAIRN_EIO (applied, but its result
+ * was lost: a bug, reported on stderr). */
 typedef void (*raftnode_propose_cb)(void *data, int status, struct mvcc_result *result);
 
-/* Starts the member: opens (or bootstraps) the raft log, replays committed
- * entries into store (skipping what the store already holds), and starts
- * raft on loop. Member and cluster ids are derived from names, peer URLs and
- * the token, as etcd does. Errors: CAIRN_EIO (message on stderr). */
+/* Starts the member: computes the ids (raft/memberid.h), opens the raft log
+ * in <data_dir>/raft, bootstraps it from the initial cluster when it is new
+ * and opts->new_cluster is set (every member with the same configuration),
+ * replays committed entries into store (skipping what the store already
+ * holds), and starts raft on loop. store must stay open until the closed_cb
+ * of raftnode_stop() has run.
+ * Errors: CAIRN_EINVAL (bad options, or no raft log and not a new cluster:
+ * joining an existing cluster is not supported yet), CAIRN_ECORRUPT (the
+ * store and the raft log disagree: the store is behind raft's snapshot, or
+ * holds entries while the raft log is empty), CAIRN_ENOMEM, CAIRN_EIO; the
+ * reason is on stderr. On error *out is NULL, and what was set up may still
+ * be closing on the loop: run the loop (uv_run until it returns) before
+ * closing it. */
 int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_options *opts,
                    raftnode **out);
 
-/* Proposes op; cb runs when its entry is applied here (or the outcome is
- * unknown). The op is encoded at once: its memory may be freed on return.
+/* Proposes op; cb runs when its entry is applied here, or its outcome is
+ * unknown (see raftnode_propose_cb). The op is encoded at once (raft/
+ * command.h): its memory may be freed on return. op->raft_index and
+ * op->raft_term are ignored (raft sets them).
  * Errors (cb never called): CAIRN_ENO_LEADER / CAIRN_ENOT_LEADER (this
- * member cannot propose now), CAIRN_ETOO_MANY_REQUESTS (RAFTNODE_INFLIGHT_MAX
- * proposals pending), CAIRN_ENOMEM, CAIRN_ESTOPPED. */
+ * member is not the leader: no leader known / another one is),
+ * CAIRN_ETOO_MANY_REQUESTS (RAFTNODE_INFLIGHT_MAX proposals in flight,
+ * including timed-out ones raft has not settled yet), CAIRN_ESTOPPED
+ * (raftnode_stop() was called), CAIRN_EIO (the state machine halted: see
+ * raftnode_status().apply_error), the encoder's CAIRN_EINVAL /
+ * CAIRN_ETOO_MANY_OPS / CAIRN_ETOO_LARGE, CAIRN_ENOMEM. */
 #define RAFTNODE_INFLIGHT_MAX 4096u
 int raftnode_propose(raftnode *n, const struct mvcc_op *op, void *data, raftnode_propose_cb cb);
 
-/* Called after every applied entry that changed the store (revision moved),
- * with the new current revision: the watch hub's wake-up. One listener. */
+/* The watch hub's wake-up: cb runs after applied entries changed the store
+ * (the revision moved), with the new current revision. Coalesced: at most
+ * once per loop turn, with the latest revision, and before the proposal
+ * callbacks of the same entries. One listener; cb NULL removes it. */
 void raftnode_on_applied(raftnode *n, void (*cb)(void *data, int64_t revision), void *data);
 
 /* State for headers, Status and /metrics. */
@@ -72,12 +108,16 @@ struct raftnode_status {
   uint64_t commit_index;
   uint64_t applied_index;
   bool is_leader;
+  int apply_error; /* 0, or the CAIRN_E* code that halted the state machine */
 };
 void raftnode_status(const raftnode *n, struct raftnode_status *out);
 
-/* Stops raft cleanly (waits for in-flight proposals, whose callbacks get
- * their outcome or CAIRN_ESTOPPED; avoids libraft 0.15's close crashes), then
- * runs closed_cb on the loop and frees n. */
+/* Stops raft cleanly: new proposals get CAIRN_ESTOPPED at once; the ones in
+ * flight get their outcome, waiting for them at most the request timeout
+ * (then CAIRN_ESTOPPED); raft is closed only once no apply and no snapshot
+ * is in flight and from outside any raft callback (libraft 0.15's close
+ * crashes). Then closed_cb(data) runs on the loop and n is freed. Calling it
+ * twice is a bug (asserted). */
 void raftnode_stop(raftnode *n, void (*closed_cb)(void *data), void *data);
 
 #endif

@@ -317,6 +317,7 @@ static void test_round_trip(void) {
     uint64_t id = test_rand();
     struct raft_buffer buf;
     CHECK_OK(command_encode(id, &op, &buf));
+    CHECK(buf.len % COMMAND_ALIGN == 0);
     struct command d;
     CHECK_OK(command_decode(buf.base, buf.len, &d));
     CHECK(d.request_id == id);
@@ -337,8 +338,10 @@ static void test_compact(void) {
   op.raft_term = 3;
   struct raft_buffer buf;
   CHECK_OK(command_encode(42, &op, &buf));
-  /* version, id, type, index, term, key, value, lease, flags */
-  CHECK_EQ_INT(buf.len, 1 + 8 + 1 + 1 + 1 + 4 + 4 + 1 + 1);
+  /* version, id, type, index, term, key, value, lease, flags: 22 bytes,
+   * padded to 24. */
+  CHECK_EQ_INT(buf.len, 24);
+  CHECK(((uint8_t *)buf.base)[22] == 0 && ((uint8_t *)buf.base)[23] == 0);
   struct command d;
   CHECK_OK(command_decode(buf.base, buf.len, &d));
   CHECK(d.request_id == 42);
@@ -419,6 +422,18 @@ static void test_encode_refusals(void) {
   CHECK(buf.base == NULL);
 }
 
+/* Decodes n hand-made bytes, zero-padded to the codec's alignment, from an
+ * exact-size heap copy (so that ASan sees any read past the end). */
+static int decode_raw(const uint8_t *raw, size_t n, struct command *d) {
+  size_t len = (n + COMMAND_ALIGN - 1) / COMMAND_ALIGN * COMMAND_ALIGN;
+  uint8_t *t = calloc(1, len ? len : 1);
+  CHECK(t != NULL);
+  memcpy(t, raw, n);
+  int rc = command_decode(t, len, d);
+  free(t);
+  return rc;
+}
+
 /* Builds a chain of `levels` nested txns, each holding the next in its
  * success branch. */
 static struct mvcc_op nested(unsigned levels) {
@@ -476,7 +491,7 @@ static void test_nesting_bound(void) {
     raw[n++] = 0; /* each level's failure list */
   }
   CHECK(n <= len);
-  CHECK_ERR(command_decode(raw, n, &d), CAIRN_ECORRUPT);
+  CHECK_ERR(decode_raw(raw, n, &d), CAIRN_ECORRUPT);
   CHECK(d.arena == NULL);
   free(raw);
 }
@@ -486,46 +501,53 @@ static void test_decode_malformed(void) {
   struct command d;
   CHECK_ERR(command_decode(NULL, 0, &d), CAIRN_ECORRUPT);
   uint8_t v2[] = {2, 0, 0, 0, 0, 0, 0, 0, 0, MVCC_OP_COMPACT, 0, 0, 0};
-  CHECK_ERR(command_decode(v2, sizeof v2, &d), CAIRN_ECORRUPT);
+  CHECK_ERR(decode_raw(v2, sizeof v2, &d), CAIRN_ECORRUPT);
   uint8_t ok[] = {1, 0, 0, 0, 0, 0, 0, 0, 0, MVCC_OP_COMPACT, 0, 0, 0};
-  CHECK_OK(command_decode(ok, sizeof ok, &d));
+  CHECK_OK(decode_raw(ok, sizeof ok, &d));
   CHECK(d.op.type == MVCC_OP_COMPACT && d.op.u.compact_revision == 0);
   command_free(&d);
-  /* Trailing byte. */
-  uint8_t trailing[] = {1, 0, 0, 0, 0, 0, 0, 0, 0, MVCC_OP_COMPACT, 0, 0, 0, 0};
-  CHECK_ERR(command_decode(trailing, sizeof trailing, &d), CAIRN_ECORRUPT);
+  /* The padding: exact, zero, and nothing after it. */
+  uint8_t padded[16] = {1, 0, 0, 0, 0, 0, 0, 0, 0, MVCC_OP_COMPACT, 0, 0, 0};
+  CHECK_OK(command_decode(padded, 16, &d));
+  command_free(&d);
+  CHECK_ERR(command_decode(padded, 13, &d), CAIRN_ECORRUPT); /* unpadded */
+  CHECK_ERR(command_decode(padded, 15, &d), CAIRN_ECORRUPT);
+  padded[15] = 1;
+  CHECK_ERR(command_decode(padded, 16, &d), CAIRN_ECORRUPT);
+  uint8_t longer[24] = {1, 0, 0, 0, 0, 0, 0, 0, 0, MVCC_OP_COMPACT, 0, 0, 0};
+  CHECK_ERR(command_decode(longer, 24, &d), CAIRN_ECORRUPT); /* 8 zeros too many */
   /* Unknown op types. */
   uint8_t type0[] = {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-  CHECK_ERR(command_decode(type0, sizeof type0, &d), CAIRN_ECORRUPT);
+  CHECK_ERR(decode_raw(type0, sizeof type0, &d), CAIRN_ECORRUPT);
   uint8_t type10[] = {1, 0, 0, 0, 0, 0, 0, 0, 0, 10, 0, 0, 0};
-  CHECK_ERR(command_decode(type10, sizeof type10, &d), CAIRN_ECORRUPT);
+  CHECK_ERR(decode_raw(type10, sizeof type10, &d), CAIRN_ECORRUPT);
   /* A non-minimal varint (0 spelt 0x80 0x00). */
   uint8_t overlong[] = {1, 0, 0, 0, 0, 0, 0, 0, 0, MVCC_OP_COMPACT, 0x80, 0, 0, 0};
-  CHECK_ERR(command_decode(overlong, sizeof overlong, &d), CAIRN_ECORRUPT);
+  CHECK_ERR(decode_raw(overlong, sizeof overlong, &d), CAIRN_ECORRUPT);
   /* A varint beyond 64 bits. */
   uint8_t big[] = {1, 0, 0, 0, 0, 0, 0, 0, 0, MVCC_OP_COMPACT, 0xff, 0xff, 0xff, 0xff,
                    0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0};
-  CHECK_ERR(command_decode(big, sizeof big, &d), CAIRN_ECORRUPT);
+  CHECK_ERR(decode_raw(big, sizeof big, &d), CAIRN_ECORRUPT);
   /* A byte string longer than what is left. */
   uint8_t longkey[] = {1, 0, 0, 0, 0, 0, 0, 0, 0, MVCC_OP_DELETE, 0, 0, 0x7f, 'a', 0, 0};
-  CHECK_ERR(command_decode(longkey, sizeof longkey, &d), CAIRN_ECORRUPT);
+  CHECK_ERR(decode_raw(longkey, sizeof longkey, &d), CAIRN_ECORRUPT);
   /* Unknown flag bits. */
   uint8_t flags[] = {1, 0, 0, 0, 0, 0, 0, 0, 0, MVCC_OP_DELETE, 0, 0, 1, 'a', 0, 0x02};
-  CHECK_ERR(command_decode(flags, sizeof flags, &d), CAIRN_ECORRUPT);
+  CHECK_ERR(decode_raw(flags, sizeof flags, &d), CAIRN_ECORRUPT);
   flags[sizeof flags - 1] = 1;
-  CHECK_OK(command_decode(flags, sizeof flags, &d));
+  CHECK_OK(decode_raw(flags, sizeof flags, &d));
   CHECK(d.op.u.del.prev_kv && d.op.u.del.key.len == 1);
   command_free(&d);
   /* A huge count with few bytes behind it. */
   uint8_t count[] = {1, 0, 0, 0, 0, 0, 0, 0, 0, MVCC_OP_TXN, 0, 0, 0xff, 0xff, 0x03, 0, 0};
-  CHECK_ERR(command_decode(count, sizeof count, &d), CAIRN_ECORRUPT);
+  CHECK_ERR(decode_raw(count, sizeof count, &d), CAIRN_ECORRUPT);
   /* Meta names: empty, or with an inner NUL. */
   uint8_t meta0[] = {1, 0, 0, 0, 0, 0, 0, 0, 0, MVCC_OP_META_PUT, 0, 0, 0, 0};
-  CHECK_ERR(command_decode(meta0, sizeof meta0, &d), CAIRN_ECORRUPT);
+  CHECK_ERR(decode_raw(meta0, sizeof meta0, &d), CAIRN_ECORRUPT);
   uint8_t metanul[] = {1, 0, 0, 0, 0, 0, 0, 0, 0, MVCC_OP_META_PUT, 0, 0, 2, 'a', 0, 0};
-  CHECK_ERR(command_decode(metanul, sizeof metanul, &d), CAIRN_ECORRUPT);
+  CHECK_ERR(decode_raw(metanul, sizeof metanul, &d), CAIRN_ECORRUPT);
   metanul[14] = 'b';
-  CHECK_OK(command_decode(metanul, sizeof metanul, &d));
+  CHECK_OK(decode_raw(metanul, sizeof metanul, &d));
   CHECK(strcmp(d.op.u.meta_put.name, "ab") == 0);
   command_free(&d);
 }
@@ -543,8 +565,9 @@ static void test_truncation_and_flips(void) {
     uint8_t *copy = malloc(buf.len);
     CHECK(copy != NULL);
     struct command d;
-    /* Truncations, on an exact-size heap copy so that ASan sees any read
-     * past the end. */
+    /* Truncations, on exact-size heap copies so that ASan sees any read
+     * past the end: a strict prefix never decodes; zero-padded again, it
+     * decodes to a command that re-encodes to it, or fails cleanly. */
     for (size_t len = 0; len < buf.len; len++) {
       if (buf.len > 600 && len > 64 && test_rand_below(8) != 0) {
         continue; /* long encodings: a sample of the prefixes */
@@ -554,6 +577,21 @@ static void test_truncation_and_flips(void) {
       memcpy(t, buf.base, len);
       CHECK_ERR(command_decode(t, len, &d), CAIRN_ECORRUPT);
       CHECK(d.arena == NULL);
+      free(t);
+      size_t padded = (len + COMMAND_ALIGN - 1) / COMMAND_ALIGN * COMMAND_ALIGN;
+      t = calloc(1, padded ? padded : 1);
+      CHECK(t != NULL);
+      memcpy(t, buf.base, len);
+      int rc = command_decode(t, padded, &d);
+      if (rc == 0) {
+        struct raft_buffer again;
+        CHECK_OK(command_encode(d.request_id, &d.op, &again));
+        CHECK(again.len == padded && memcmp(again.base, t, padded) == 0);
+        raft_free(again.base);
+        command_free(&d);
+      } else {
+        CHECK_ERR(rc, CAIRN_ECORRUPT);
+      }
       free(t);
     }
     /* Flips. */
@@ -595,7 +633,7 @@ static void test_random_garbage(void) {
   unsigned rounds = test_small() ? 20000 : 200000;
   uint8_t buf[64];
   for (unsigned i = 0; i < rounds; i++) {
-    size_t len = 10 + (size_t)test_rand_below(sizeof buf - 10);
+    size_t len = COMMAND_ALIGN * (2 + (size_t)test_rand_below(sizeof buf / COMMAND_ALIGN - 1));
     for (size_t j = 0; j < len; j++) {
       buf[j] = (uint8_t)(test_rand_below(4) == 0 ? test_rand_below(4) : test_rand());
     }

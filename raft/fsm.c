@@ -1,0 +1,186 @@
+/* raft/fsm.c: the state machine over the MVCC store. */
+#include "fsm.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "command.h"
+#include "common/cairn_assert.h"
+
+static void put_le64(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) {
+    p[i] = (uint8_t)(v >> (8 * i));
+  }
+}
+
+static uint64_t get_le64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) {
+    v |= (uint64_t)p[i] << (8 * i);
+  }
+  return v;
+}
+
+CAIRN_STATIC_ASSERT(FSM_SNAPSHOT_BYTES == 8 + 8 + 4 * 8, "marker layout");
+
+void fsm_marker_encode(const struct fsm_marker *m, uint8_t out[FSM_SNAPSHOT_BYTES]) {
+  memcpy(out, FSM_SNAPSHOT_MAGIC, 8);
+  put_le64(out + 8, FSM_SNAPSHOT_VERSION);
+  put_le64(out + 16, m->raft_index);
+  put_le64(out + 24, m->store_index);
+  put_le64(out + 32, (uint64_t)m->revision);
+  put_le64(out + 40, m->reserved);
+}
+
+int fsm_marker_decode(const void *buf, size_t len, struct fsm_marker *out) {
+  const uint8_t *p = buf;
+  if (len != FSM_SNAPSHOT_BYTES || memcmp(p, FSM_SNAPSHOT_MAGIC, 8) != 0 ||
+      get_le64(p + 8) != FSM_SNAPSHOT_VERSION) {
+    return CAIRN_ECORRUPT;
+  }
+  out->raft_index = get_le64(p + 16);
+  out->store_index = get_le64(p + 24);
+  out->revision = (int64_t)get_le64(p + 32);
+  out->reserved = get_le64(p + 40);
+  if (out->revision < 1 || out->store_index > out->raft_index) {
+    return CAIRN_ECORRUPT;
+  }
+  return 0;
+}
+
+/* Halts the state machine: a permanent failure, reported once. */
+static int halt(struct fsm *f, int err, uint64_t index, const char *what) {
+  if (f->apply_error == 0) {
+    fprintf(stderr,
+            "cairn: raft: entry %" PRIu64 ": %s: %s; this member applies nothing more "
+            "and must be repaired\n",
+            index, what, cairn_strerror(err));
+    f->apply_error = err;
+  }
+  return err == CAIRN_EIO ? RAFT_IOERR : RAFT_CORRUPT;
+}
+
+static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **result) {
+  struct fsm *f = rf->data;
+  *result = NULL;
+  uint64_t index = raft_last_applied(f->raft) + 1;
+  if (f->apply_error != 0) {
+    return f->apply_error == CAIRN_EIO ? RAFT_IOERR : RAFT_CORRUPT;
+  }
+  if (index <= mvcc_applied_index(f->store)) {
+    return 0; /* a replay: the store has it */
+  }
+  struct command c;
+  int rc = command_decode(buf->base, buf->len, &c);
+  if (rc == CAIRN_ENOMEM) {
+    return RAFT_NOMEM;
+  }
+  if (rc != 0) {
+    return halt(f, rc, index, "undecodable command");
+  }
+  uint64_t request_id = c.request_id;
+  /* The term the proposer encoded is the entry's: raft_apply() appends at
+   * the leader's current term, read just before. */
+  c.op.raft_index = index;
+  int64_t rev = mvcc_current_revision(f->store);
+  struct mvcc_result res;
+  rc = mvcc_apply(f->store, &c.op, 1, &res);
+  command_free(&c);
+  if (rc != 0) {
+    mvcc_result_free(&res);
+    if (rc == CAIRN_ENOMEM || rc == CAIRN_EBUSY) {
+      return rc == CAIRN_ENOMEM ? RAFT_NOMEM : RAFT_BUSY; /* tried again later */
+    }
+    return halt(f, rc, index, "store");
+  }
+  /* The index check above rules replays out; the applied index moves to this
+   * entry's whatever the op's own outcome. */
+  CAIRN_ASSERT(res.err != CAIRN_EREPLAY);
+  CAIRN_ASSERT(mvcc_applied_index(f->store) == index);
+  int64_t now = mvcc_current_revision(f->store);
+  CAIRN_ASSERT(now >= rev);
+  if (now != rev && f->on_revision != NULL) {
+    f->on_revision(f->ctx, now);
+  }
+  f->on_result(f->ctx, request_id, index, &res);
+  return 0;
+}
+
+static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs) {
+  struct fsm *f = rf->data;
+  if (f->apply_error != 0) {
+    return RAFT_BUSY; /* a halted store is not one to snapshot */
+  }
+  struct fsm_marker m = {
+      .raft_index = raft_last_applied(f->raft),
+      .store_index = mvcc_applied_index(f->store),
+      .revision = mvcc_current_revision(f->store),
+      .reserved = 0,
+  };
+  /* Everything up to raft_index was applied (apply is synchronous), and the
+   * store's index only counts entries that carried a command. */
+  CAIRN_ASSERT(m.store_index <= m.raft_index);
+  struct raft_buffer *b = raft_malloc(sizeof *b);
+  uint8_t *data = raft_malloc(FSM_SNAPSHOT_BYTES);
+  if (b == NULL || data == NULL) {
+    raft_free(b);
+    raft_free(data);
+    return RAFT_NOMEM;
+  }
+  fsm_marker_encode(&m, data);
+  b->base = data;
+  b->len = FSM_SNAPSHOT_BYTES;
+  /* Version 1 state machine: raft frees bufs and each base. */
+  *bufs = b;
+  *n_bufs = 1;
+  return 0;
+}
+
+static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf) {
+  struct fsm *f = rf->data;
+  struct fsm_marker m;
+  if (fsm_marker_decode(buf->base, buf->len, &m) != 0) {
+    fprintf(stderr, "cairn: raft: the raft snapshot is not a Cairn snapshot marker\n");
+    f->restore_error = CAIRN_ECORRUPT;
+    return RAFT_CORRUPT;
+  }
+  uint64_t have = mvcc_applied_index(f->store);
+  int64_t rev = mvcc_current_revision(f->store);
+  if (have < m.store_index || rev < m.revision) {
+    if (f->starting) {
+      fprintf(stderr,
+              "cairn: raft: the store (applied index %" PRIu64 ", revision %" PRId64
+              ") is behind raft's snapshot (entry %" PRIu64 ": applied index %" PRIu64
+              ", revision %" PRId64 "): the data file was lost or replaced\n",
+              have, rev, m.raft_index, m.store_index, m.revision);
+      f->restore_error = CAIRN_ECORRUPT;
+      return RAFT_CORRUPT;
+    }
+    fprintf(stderr,
+            "cairn: raft: the leader sent a snapshot (entry %" PRIu64
+            "); installing snapshots is not supported yet\n",
+            m.raft_index);
+    f->restore_error = CAIRN_ENOT_CAPABLE;
+    return RAFT_NOTFOUND;
+  }
+  /* The store holds everything the snapshot covers: nothing to load. */
+  raft_free(buf->base);
+  return 0;
+}
+
+void fsm_init(struct fsm *f, struct raft *r, mvcc_store *store, void *ctx, fsm_result_cb on_result,
+              fsm_revision_cb on_revision) {
+  CAIRN_ASSERT(f != NULL && r != NULL && store != NULL && on_result != NULL);
+  memset(f, 0, sizeof *f);
+  f->raft_fsm.version = 1;
+  f->raft_fsm.data = f;
+  f->raft_fsm.apply = fsm_apply;
+  f->raft_fsm.snapshot = fsm_snapshot;
+  f->raft_fsm.restore = fsm_restore;
+  f->raft = r;
+  f->store = store;
+  f->ctx = ctx;
+  f->on_result = on_result;
+  f->on_revision = on_revision;
+}

@@ -1,0 +1,208 @@
+/* raft/memberid.c: etcd-compatible member and cluster ids (SHA-1 through
+ * OpenSSL's EVP interface). */
+#include "memberid.h"
+
+#include <ctype.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "common/cairn_assert.h"
+
+/* Entries of --initial-cluster (a member may have several). */
+#define MEMBERID_URLS_MAX 256u
+#define MEMBERID_URL_MAX MEMBERID_ADDRESS_MAX /* a host:port is shorter than its URL */
+
+struct url {
+  char text[MEMBERID_URL_MAX]; /* trimmed, as hashed */
+  size_t member;               /* index into the members being built */
+};
+
+/* The first 8 bytes of SHA-1(data), big-endian. */
+static int sha1_u64(const void *data, size_t len, uint64_t *out) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int md_len = 0;
+  if (EVP_Digest(data, len, md, &md_len, EVP_sha1(), NULL) != 1 || md_len < 8) {
+    fprintf(stderr, "cairn: raft: SHA-1 failed\n");
+    return CAIRN_EIO;
+  }
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) {
+    v = v << 8 | md[i];
+  }
+  *out = v;
+  return 0;
+}
+
+/* Trims ASCII white space into dst (as etcd's strings.TrimSpace). */
+static int trim_copy(const char *src, char *dst, size_t cap) {
+  while (*src != 0 && isspace((unsigned char)*src)) {
+    src++;
+  }
+  size_t len = strlen(src);
+  while (len > 0 && isspace((unsigned char)src[len - 1])) {
+    len--;
+  }
+  if (len >= cap) {
+    return CAIRN_EINVAL;
+  }
+  memcpy(dst, src, len);
+  dst[len] = 0;
+  return 0;
+}
+
+/* http(s)://host:port with no path, query or fragment (etcd's NewURLs
+ * rules, minus the unix schemes raft's TCP transport cannot use). On
+ * success *hostport points into url. */
+static bool url_check(const char *url, const char **hostport) {
+  const char *rest;
+  if (strncmp(url, "http://", 7) == 0) {
+    rest = url + 7;
+  } else if (strncmp(url, "https://", 8) == 0) {
+    rest = url + 8;
+  } else {
+    return false;
+  }
+  if (*rest == 0 || strpbrk(rest, "/?#") != NULL) {
+    return false;
+  }
+  const char *colon = strrchr(rest, ':');
+  if (colon == NULL || colon == rest || colon[1] == 0) {
+    return false;
+  }
+  for (const char *p = colon + 1; *p != 0; p++) {
+    if (!isdigit((unsigned char)*p)) {
+      return false;
+    }
+  }
+  *hostport = rest;
+  return true;
+}
+
+static int cmp_url(const void *a, const void *b) {
+  const struct url *x = a, *y = b;
+  if (x->member != y->member) {
+    return x->member < y->member ? -1 : 1;
+  }
+  return strcmp(x->text, y->text);
+}
+
+static int cmp_member(const void *a, const void *b) {
+  const struct memberid_member *x = a, *y = b;
+  return x->id < y->id ? -1 : x->id > y->id ? 1 : 0;
+}
+
+int memberid_cluster(const char *self_name, const struct raftnode_member *initial, size_t n,
+                     const char *token, struct memberid_cluster *out) {
+  CAIRN_ASSERT(out != NULL);
+  memset(out, 0, sizeof *out);
+  if (token == NULL || *token == 0) {
+    token = MEMBERID_DEFAULT_TOKEN;
+  }
+  if (n == 0 || initial == NULL || self_name == NULL) {
+    fprintf(stderr, "cairn: raft: the initial cluster is empty\n");
+    return CAIRN_EINVAL;
+  }
+  if (n > MEMBERID_URLS_MAX) {
+    fprintf(stderr, "cairn: raft: more than %u initial cluster entries\n", MEMBERID_URLS_MAX);
+    return CAIRN_EINVAL;
+  }
+  struct url *urls = calloc(n, sizeof *urls);
+  if (urls == NULL) {
+    return CAIRN_ENOMEM;
+  }
+  int rc = CAIRN_EINVAL;
+  /* Group the entries by name. */
+  for (size_t i = 0; i < n; i++) {
+    const char *name = initial[i].name;
+    const char *hostport;
+    if (name == NULL || *name == 0) {
+      fprintf(stderr, "cairn: raft: initial cluster entry %zu has no name\n", i);
+      goto out;
+    }
+    if (initial[i].peer_url == NULL ||
+        trim_copy(initial[i].peer_url, urls[i].text, sizeof urls[i].text) != 0 ||
+        !url_check(urls[i].text, &hostport)) {
+      fprintf(stderr, "cairn: raft: member %s: bad peer URL \"%s\" (want http://host:port)\n",
+              name, initial[i].peer_url ? initial[i].peer_url : "");
+      goto out;
+    }
+    size_t m = 0;
+    while (m < out->n && strcmp(out->members[m].name, name) != 0) {
+      m++;
+    }
+    if (m == out->n) {
+      if (out->n == MEMBERID_MEMBERS_MAX) {
+        fprintf(stderr, "cairn: raft: more than %u members\n", MEMBERID_MEMBERS_MAX);
+        goto out;
+      }
+      out->members[out->n++].name = name;
+    }
+    urls[i].member = m;
+  }
+  qsort(urls, n, sizeof *urls, cmp_url);
+  /* Hash each member's sorted URLs and the token. */
+  size_t token_len = strlen(token);
+  for (size_t m = 0, i = 0; m < out->n; m++) {
+    size_t first = i, len = token_len;
+    for (; i < n && urls[i].member == m; i++) {
+      len += strlen(urls[i].text);
+    }
+    char *buf = malloc(len + 1);
+    if (buf == NULL) {
+      rc = CAIRN_ENOMEM;
+      goto out;
+    }
+    size_t at = 0;
+    for (size_t j = first; j < i; j++) {
+      size_t l = strlen(urls[j].text);
+      memcpy(buf + at, urls[j].text, l);
+      at += l;
+    }
+    memcpy(buf + at, token, token_len);
+    int hrc = sha1_u64(buf, len, &out->members[m].id);
+    free(buf);
+    if (hrc != 0) {
+      rc = hrc;
+      goto out;
+    }
+    if (out->members[m].id == 0) {
+      fprintf(stderr, "cairn: raft: member %s: id 0 cannot be used\n", out->members[m].name);
+      goto out;
+    }
+    const char *hostport = NULL;
+    CAIRN_ASSERT(url_check(urls[first].text, &hostport));
+    snprintf(out->members[m].address, sizeof out->members[m].address, "%s", hostport);
+  }
+  qsort(out->members, out->n, sizeof out->members[0], cmp_member);
+  uint8_t ids[8 * MEMBERID_MEMBERS_MAX];
+  bool found = false;
+  for (size_t m = 0; m < out->n; m++) {
+    if (m > 0 && out->members[m].id == out->members[m - 1].id) {
+      fprintf(stderr, "cairn: raft: members %s and %s have the same id\n",
+              out->members[m - 1].name, out->members[m].name);
+      goto out;
+    }
+    for (int b = 0; b < 8; b++) {
+      ids[8 * m + (size_t)b] = (uint8_t)(out->members[m].id >> (56 - 8 * b));
+    }
+    if (strcmp(out->members[m].name, self_name) == 0) {
+      out->self_id = out->members[m].id;
+      found = true;
+    }
+  }
+  if (!found) {
+    fprintf(stderr, "cairn: raft: member %s is not in the initial cluster\n", self_name);
+    goto out;
+  }
+  rc = sha1_u64(ids, 8 * out->n, &out->cluster_id);
+out:
+  free(urls);
+  if (rc != 0) {
+    memset(out, 0, sizeof *out);
+  }
+  return rc;
+}

@@ -1,0 +1,728 @@
+/* raft/raftnode.c: a member's raft on libuv, proposals and their outcomes,
+ * the snapshot durability gate, and a clean stop. See docs/raft.md. */
+#include "raftnode.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <raft.h>
+#include <raft/uv.h>
+
+#include "command.h"
+#include "common/cairn_assert.h"
+#include "fsm.h"
+#include "memberid.h"
+#include "storage/checkpoint.h"
+#include "storage/fileio.h"
+
+/* How often timed-out proposals are looked for. */
+#define TIMEOUT_TICK_MS 50u
+/* How often a stop checks whether raft can be closed. */
+#define STOP_TICK_MS 5u
+/* The request id table: open addressing, at most half full. */
+#define TABLE_SLOTS (2u * RAFTNODE_INFLIGHT_MAX)
+CAIRN_STATIC_ASSERT((TABLE_SLOTS & (TABLE_SLOTS - 1)) == 0, "TABLE_SLOTS is a power of two");
+
+/* A proposal's life: PENDING from raft_apply() until raft's callback (then
+ * DONE, queued for delivery) or until its deadline (then ABANDONED: the
+ * proposer was told CAIRN_ETIMEOUT, but raft still holds the request, whose
+ * memory must live until raft's callback). */
+enum proposal_state { PROPOSAL_PENDING, PROPOSAL_ABANDONED, PROPOSAL_DONE };
+
+struct proposal {
+  struct raft_apply req; /* raft's until on_raft_applied() */
+  raftnode *node;
+  uint64_t request_id;
+  enum proposal_state state;
+  uint64_t deadline_ms; /* loop time */
+  int status;           /* DONE: what the proposer gets */
+  bool has_result;
+  struct mvcc_result result;
+  void *data;
+  raftnode_propose_cb cb;
+  struct proposal *prev, *next; /* PENDING: the deadline queue; DONE: the delivery queue */
+};
+
+struct queue {
+  struct proposal *head, *tail;
+};
+
+/* RUNNING -> DRAINING (raftnode_stop: waiting for raft to be closable) ->
+ * CLOSING (raft_close called, then libuv handles). A failed start goes
+ * straight to CLOSING. */
+enum node_state { NODE_RUNNING, NODE_DRAINING, NODE_CLOSING };
+
+typedef int (*snapshot_put_fn)(struct raft_io *io, unsigned trailing,
+                               struct raft_io_snapshot_put *req,
+                               const struct raft_snapshot *snapshot, raft_io_snapshot_put_cb cb);
+
+struct raftnode {
+  uv_loop_t *loop;
+  mvcc_store *store;
+  struct raft raft;
+  struct raft *r; /* &raft, reachable through a const raftnode */
+  struct raft_io io;
+  struct raft_uv_transport transport;
+  struct fsm fsm;
+  fileio *fio; /* checkpoints */
+  struct memberid_cluster ids;
+  enum node_state state;
+  unsigned request_timeout_ms;
+
+  /* Request ids as etcd makes them: 16 bits of the member id, then a
+   * counter started from the clock (milliseconds << 8), so that ids do not
+   * repeat across restarts. */
+  uint64_t id_prefix;
+  uint64_t id_suffix;
+
+  unsigned outstanding; /* proposals raft holds: PENDING and ABANDONED */
+  struct queue pending; /* PENDING, in deadline order */
+  struct queue done;    /* DONE, in completion order */
+  struct proposal *table[TABLE_SLOTS]; /* request id -> PENDING proposal */
+
+  uv_timer_t timeout_timer;
+  uv_timer_t deliver_timer;
+  uv_timer_t stop_timer;
+  unsigned handles_open;
+
+  void (*applied_cb)(void *data, int64_t revision);
+  void *applied_data;
+  bool notify_pending;
+  int64_t notify_revision;
+
+  /* The snapshot gate: raft's snapshot_put, held until a checkpoint made the
+   * store durable up to the snapshot. */
+  snapshot_put_fn snapshot_put;
+  struct {
+    bool pending;
+    unsigned trailing;
+    struct raft_io_snapshot_put *req;
+    const struct raft_snapshot *snapshot;
+    raft_io_snapshot_put_cb cb;
+  } put;
+
+  uint64_t stop_deadline_ms;
+  void (*closed_cb)(void *data);
+  void *closed_data;
+};
+
+/* ---- queues and the id table ---------------------------------------------- */
+
+static void queue_push(struct queue *q, struct proposal *p) {
+  p->next = NULL;
+  p->prev = q->tail;
+  if (q->tail != NULL) {
+    q->tail->next = p;
+  } else {
+    q->head = p;
+  }
+  q->tail = p;
+}
+
+static void queue_remove(struct queue *q, struct proposal *p) {
+  if (p->prev != NULL) {
+    p->prev->next = p->next;
+  } else {
+    q->head = p->next;
+  }
+  if (p->next != NULL) {
+    p->next->prev = p->prev;
+  } else {
+    q->tail = p->prev;
+  }
+  p->prev = p->next = NULL;
+}
+
+static size_t table_home(uint64_t id) {
+  return (size_t)((id * 0x9e3779b97f4a7c15ull) >> 32) & (TABLE_SLOTS - 1);
+}
+
+static void table_insert(raftnode *n, struct proposal *p) {
+  size_t i = table_home(p->request_id);
+  while (n->table[i] != NULL) {
+    CAIRN_ASSERT(n->table[i]->request_id != p->request_id);
+    i = (i + 1) & (TABLE_SLOTS - 1);
+  }
+  n->table[i] = p;
+}
+
+static struct proposal *table_find(const raftnode *n, uint64_t id, size_t *slot) {
+  size_t i = table_home(id);
+  while (n->table[i] != NULL) {
+    if (n->table[i]->request_id == id) {
+      if (slot != NULL) {
+        *slot = i;
+      }
+      return n->table[i];
+    }
+    i = (i + 1) & (TABLE_SLOTS - 1);
+  }
+  return NULL;
+}
+
+/* Removes p if present; later entries of the probe run shift back so that no
+ * lookup stops early at the hole. */
+static void table_remove(raftnode *n, struct proposal *p) {
+  size_t i;
+  if (table_find(n, p->request_id, &i) != p) {
+    return;
+  }
+  n->table[i] = NULL;
+  size_t j = i;
+  for (;;) {
+    j = (j + 1) & (TABLE_SLOTS - 1);
+    struct proposal *q = n->table[j];
+    if (q == NULL) {
+      return;
+    }
+    size_t home = table_home(q->request_id);
+    /* q may move to the hole at i unless its home lies in (i, j]. */
+    bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+    if (!stays) {
+      n->table[i] = q;
+      n->table[j] = NULL;
+      i = j;
+    }
+  }
+}
+
+/* ---- delivery ------------------------------------------------------------- */
+
+static void on_deliver(uv_timer_t *t);
+
+static void schedule_delivery(raftnode *n) {
+  if (!uv_is_active((uv_handle_t *)&n->deliver_timer) && n->state != NODE_CLOSING) {
+    uv_timer_start(&n->deliver_timer, on_deliver, 0, 0);
+  }
+}
+
+/* Runs the watch hub's wake-up, then the proposers' callbacks of the
+ * outcomes known now (those that arrive meanwhile wait for the next turn). */
+static void deliver(raftnode *n) {
+  if (n->notify_pending) {
+    n->notify_pending = false;
+    if (n->applied_cb != NULL) {
+      n->applied_cb(n->applied_data, n->notify_revision);
+    }
+  }
+  struct proposal *last = n->done.tail;
+  while (last != NULL) {
+    struct proposal *p = n->done.head;
+    queue_remove(&n->done, p);
+    CAIRN_ASSERT(p->state == PROPOSAL_DONE);
+    bool was_last = p == last;
+    p->cb(p->data, p->status, p->has_result ? &p->result : NULL);
+    free(p);
+    if (was_last) {
+      break;
+    }
+  }
+}
+
+static void on_deliver(uv_timer_t *t) {
+  deliver(t->data);
+}
+
+/* ---- the state machine's reports ------------------------------------------ */
+
+static void on_fsm_result(void *ctx, uint64_t request_id, uint64_t index,
+                          struct mvcc_result *result) {
+  raftnode *n = ctx;
+  struct proposal *p = table_find(n, request_id, NULL);
+  /* The index check guards against an id that an earlier run of this member
+   * used for an entry replayed now. */
+  if (p == NULL || p->state != PROPOSAL_PENDING || p->req.index != index || p->has_result) {
+    mvcc_result_free(result);
+    return;
+  }
+  p->result = *result;
+  p->has_result = true;
+  /* raft's callback for this entry follows at once (leader) or, if
+   * leadership was lost meanwhile, has already run and p is gone. */
+}
+
+static void on_fsm_revision(void *ctx, int64_t revision) {
+  raftnode *n = ctx;
+  n->notify_pending = true;
+  n->notify_revision = revision;
+  schedule_delivery(n);
+}
+
+/* ---- proposals ------------------------------------------------------------ */
+
+static void on_raft_applied(struct raft_apply *req, int status, void *result) {
+  struct proposal *p = req->data;
+  raftnode *n = p->node;
+  (void)result; /* always NULL: results travel through on_fsm_result */
+  CAIRN_ASSERT(n->outstanding > 0);
+  n->outstanding--;
+  if (p->state == PROPOSAL_ABANDONED) {
+    if (p->has_result) {
+      mvcc_result_free(&p->result);
+    }
+    free(p);
+    return;
+  }
+  CAIRN_ASSERT(p->state == PROPOSAL_PENDING);
+  table_remove(n, p);
+  queue_remove(&n->pending, p);
+  if (status == 0) {
+    if (p->has_result) {
+      p->status = 0;
+    } else {
+      fprintf(stderr, "cairn: raft: entry %llu applied without a result\n", req->index);
+      p->status = CAIRN_EIO;
+    }
+  } else {
+    /* RAFT_LEADERSHIPLOST (step-down or close), RAFT_NOTLEADER, a failed
+     * log write (the leader then steps down): the entry may still commit. */
+    if (p->has_result) {
+      mvcc_result_free(&p->result);
+      p->has_result = false;
+    }
+    p->status = n->state == NODE_RUNNING ? CAIRN_ELEADER_CHANGED : CAIRN_ESTOPPED;
+  }
+  p->state = PROPOSAL_DONE;
+  queue_push(&n->done, p);
+  schedule_delivery(n);
+}
+
+static void on_timeout_tick(uv_timer_t *t) {
+  raftnode *n = t->data;
+  uint64_t now = uv_now(n->loop);
+  /* One pass over what is due now: a callback may propose again, and those
+   * go to the tail with a later deadline. */
+  struct proposal *p;
+  while ((p = n->pending.head) != NULL && p->deadline_ms <= now) {
+    queue_remove(&n->pending, p);
+    table_remove(n, p);
+    if (p->has_result) {
+      mvcc_result_free(&p->result);
+      p->has_result = false;
+    }
+    p->state = PROPOSAL_ABANDONED;
+    raftnode_propose_cb cb = p->cb;
+    void *data = p->data;
+    p->cb = NULL;
+    p->data = NULL;
+    cb(data, CAIRN_ETIMEOUT, NULL);
+  }
+  if (n->pending.head == NULL) {
+    uv_timer_stop(t);
+  }
+}
+
+/* Why this member cannot propose now: another member leads, or none. */
+static int not_leader(raftnode *n) {
+  raft_id leader = 0;
+  const char *address = NULL;
+  raft_leader(n->r, &leader, &address);
+  return leader != 0 && leader != n->r->id ? CAIRN_ENOT_LEADER : CAIRN_ENO_LEADER;
+}
+
+static uint64_t next_request_id(raftnode *n) {
+  n->id_suffix = (n->id_suffix + 1) & ((1ull << 48) - 1);
+  return n->id_prefix | n->id_suffix;
+}
+
+int raftnode_propose(raftnode *n, const struct mvcc_op *op, void *data, raftnode_propose_cb cb) {
+  CAIRN_ASSERT(n != NULL && op != NULL && cb != NULL);
+  if (n->state != NODE_RUNNING) {
+    return CAIRN_ESTOPPED;
+  }
+  if (n->fsm.apply_error != 0) {
+    return CAIRN_EIO;
+  }
+  if (raft_state(n->r) != RAFT_LEADER) {
+    return not_leader(n);
+  }
+  if (n->outstanding >= RAFTNODE_INFLIGHT_MAX) {
+    return CAIRN_ETOO_MANY_REQUESTS;
+  }
+  struct proposal *p = calloc(1, sizeof *p);
+  if (p == NULL) {
+    return CAIRN_ENOMEM;
+  }
+  p->node = n;
+  p->request_id = next_request_id(n);
+  p->state = PROPOSAL_PENDING;
+  p->data = data;
+  p->cb = cb;
+  p->req.data = p;
+  struct mvcc_op copy = *op;
+  copy.raft_index = 0;
+  copy.raft_term = n->r->current_term; /* the term raft_apply() appends at */
+  struct raft_buffer buf;
+  int rc = command_encode(p->request_id, &copy, &buf);
+  if (rc != 0) {
+    free(p);
+    return rc;
+  }
+  /* In the table before raft sees it, in case raft applied it at once. */
+  table_insert(n, p);
+  int rv = raft_apply(n->r, &p->req, &buf, 1, on_raft_applied);
+  if (rv != 0) {
+    table_remove(n, p);
+    raft_free(buf.base); /* still ours: raft_apply failed */
+    free(p);
+    switch (rv) {
+      case RAFT_NOMEM:
+        return CAIRN_ENOMEM;
+      case RAFT_NOTLEADER:
+        return not_leader(n);
+      default:
+        fprintf(stderr, "cairn: raft: apply: %s\n", raft_strerror(rv));
+        return CAIRN_EIO;
+    }
+  }
+  n->outstanding++;
+  p->deadline_ms = uv_now(n->loop) + n->request_timeout_ms;
+  queue_push(&n->pending, p);
+  if (!uv_is_active((uv_handle_t *)&n->timeout_timer)) {
+    uv_timer_start(&n->timeout_timer, on_timeout_tick, TIMEOUT_TICK_MS, TIMEOUT_TICK_MS);
+  }
+  return 0;
+}
+
+void raftnode_on_applied(raftnode *n, void (*cb)(void *data, int64_t revision), void *data) {
+  CAIRN_ASSERT(n != NULL);
+  n->applied_cb = cb;
+  n->applied_data = data;
+}
+
+void raftnode_status(const raftnode *n, struct raftnode_status *out) {
+  CAIRN_ASSERT(n != NULL && out != NULL);
+  memset(out, 0, sizeof *out);
+  out->cluster_id = n->ids.cluster_id;
+  out->member_id = n->ids.self_id;
+  raft_id leader = 0;
+  const char *address = NULL;
+  raft_leader(n->r, &leader, &address);
+  out->leader_id = leader;
+  out->term = n->r->current_term;
+  out->commit_index = n->r->commit_index;
+  out->applied_index = raft_last_applied(n->r);
+  out->is_leader = raft_state(n->r) == RAFT_LEADER;
+  out->apply_error = n->fsm.apply_error;
+}
+
+/* ---- the snapshot gate ---------------------------------------------------- */
+
+/* raft's snapshot_put, deferred until a checkpoint started now has synced
+ * the data file: once raft writes the snapshot it replays only the entries
+ * after it, and it may drop the log up to it (minus the trailing entries),
+ * so everything the snapshot covers must be on disk in LMDB first. The
+ * checkpoint starts after the state machine took the snapshot and applies
+ * are synchronous, so it covers every entry up to the snapshot's. */
+static void on_snapshot_durable(void *data, int status, uint64_t durable_index,
+                                int64_t durable_revision) {
+  raftnode *n = data;
+  CAIRN_ASSERT(n->put.pending);
+  unsigned trailing = n->put.trailing;
+  struct raft_io_snapshot_put *req = n->put.req;
+  const struct raft_snapshot *snapshot = n->put.snapshot;
+  raft_io_snapshot_put_cb cb = n->put.cb;
+  memset(&n->put, 0, sizeof n->put);
+  if (status != 0) {
+    cb(req, RAFT_IOERR); /* raft drops this snapshot and tries a later one */
+    return;
+  }
+  if (trailing == 0) {
+    /* An install from the leader (raft replaces its whole log): needs the
+     * store transferred too, which is not done yet. Failing the write leaves
+     * the log on disk as it was. */
+    fprintf(stderr, "cairn: raft: the leader sent a snapshot (entry %llu); installing snapshots "
+                    "is not supported yet\n",
+            snapshot->index);
+    cb(req, RAFT_NOTFOUND);
+    return;
+  }
+  struct fsm_marker m;
+  CAIRN_ASSERT(snapshot->n_bufs == 1 &&
+               fsm_marker_decode(snapshot->bufs[0].base, snapshot->bufs[0].len, &m) == 0);
+  /* The durability rule itself. */
+  CAIRN_ASSERT(durable_index >= m.store_index && durable_revision >= m.revision);
+  int rv = n->snapshot_put(&n->io, trailing, req, snapshot, cb);
+  if (rv != 0) {
+    fprintf(stderr, "cairn: raft: snapshot %llu: %s\n", snapshot->index, raft_strerror(rv));
+    cb(req, rv);
+  }
+}
+
+static int snapshot_put_gated(struct raft_io *io, unsigned trailing,
+                              struct raft_io_snapshot_put *req,
+                              const struct raft_snapshot *snapshot, raft_io_snapshot_put_cb cb) {
+  struct raft *r = io->data;
+  raftnode *n = r->data;
+  /* raft runs one snapshot write at a time. */
+  CAIRN_ASSERT(!n->put.pending);
+  int rc = checkpoint_start(n->store, n->fio, n, on_snapshot_durable);
+  if (rc != 0) {
+    fprintf(stderr, "cairn: raft: snapshot %llu: checkpoint: %s\n", snapshot->index,
+            cairn_strerror(rc));
+    return rc == CAIRN_ENOMEM ? RAFT_NOMEM : RAFT_IOERR;
+  }
+  n->put.pending = true;
+  n->put.trailing = trailing;
+  n->put.req = req;
+  n->put.snapshot = snapshot;
+  n->put.cb = cb;
+  return 0;
+}
+
+/* ---- closing -------------------------------------------------------------- */
+
+static void finish(raftnode *n) {
+  /* raft_close() settled every apply request. */
+  CAIRN_ASSERT(n->outstanding == 0 && n->pending.head == NULL && !n->put.pending);
+  deliver(n);
+  void (*cb)(void *) = n->closed_cb;
+  void *data = n->closed_data;
+  free(n);
+  if (cb != NULL) {
+    cb(data);
+  }
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  raftnode *n = h->data;
+  CAIRN_ASSERT(n->handles_open > 0);
+  if (--n->handles_open == 0) {
+    finish(n);
+  }
+}
+
+static void on_fileio_closed(void *data) {
+  raftnode *n = data;
+  uv_close((uv_handle_t *)&n->timeout_timer, on_handle_closed);
+  uv_close((uv_handle_t *)&n->deliver_timer, on_handle_closed);
+  uv_close((uv_handle_t *)&n->stop_timer, on_handle_closed);
+}
+
+/* After raft's close callback, outside it: raft's memory may go now. */
+static void on_raft_closed_later(uv_timer_t *t) {
+  raftnode *n = t->data;
+  raft_uv_close(&n->io);
+  raft_uv_tcp_close(&n->transport);
+  fileio_close(n->fio, on_fileio_closed, n);
+}
+
+static void on_raft_closed(struct raft *r) {
+  raftnode *n = r->data;
+  uv_timer_start(&n->stop_timer, on_raft_closed_later, 0, 0);
+}
+
+/* Never called from inside a raft callback. */
+static void close_raft(raftnode *n) {
+  n->state = NODE_CLOSING;
+  uv_timer_stop(&n->timeout_timer);
+  uv_timer_stop(&n->deliver_timer);
+  uv_timer_stop(&n->stop_timer);
+  raft_close(n->r, on_raft_closed);
+}
+
+static void on_stop_tick(uv_timer_t *t) {
+  raftnode *n = t->data;
+  if (n->put.pending) {
+    return; /* a checkpoint's callback always comes; raft's put follows it */
+  }
+  /* libraft 0.15 can crash closing a leader with appends in flight: wait for
+   * our applies, and for every entry in the leader's log to be applied. */
+  bool appending =
+      raft_state(n->r) == RAFT_LEADER && raft_last_index(n->r) > raft_last_applied(n->r);
+  bool busy = n->outstanding > 0 || appending;
+  if (busy && uv_now(n->loop) < n->stop_deadline_ms) {
+    return;
+  }
+  if (busy) {
+    fprintf(stderr, "cairn: raft: closing with %u proposals in flight\n", n->outstanding);
+  }
+  close_raft(n);
+}
+
+void raftnode_stop(raftnode *n, void (*closed_cb)(void *data), void *data) {
+  CAIRN_ASSERT(n != NULL && n->state == NODE_RUNNING);
+  n->state = NODE_DRAINING;
+  n->closed_cb = closed_cb;
+  n->closed_data = data;
+  n->stop_deadline_ms = uv_now(n->loop) + n->request_timeout_ms;
+  uv_timer_start(&n->stop_timer, on_stop_tick, 0, STOP_TICK_MS);
+}
+
+/* ---- start ---------------------------------------------------------------- */
+
+/* Whether raft's uv backend has written this directory (its metadata files,
+ * named in raft/uv.h). */
+static bool raft_dir_used(const char *dir) {
+  char path[PATH_MAX + 16];
+  struct stat st;
+  for (int i = 1; i <= 2; i++) {
+    snprintf(path, sizeof path, "%s/metadata%d", dir, i);
+    if (stat(path, &st) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+static int raft_to_cairn(int rv) {
+  return rv == RAFT_NOMEM ? CAIRN_ENOMEM : CAIRN_EIO;
+}
+
+/* Closes a node whose raft was initialized, from raftnode_start(). */
+static int start_failed(raftnode *n, int rc) {
+  n->closed_cb = NULL;
+  close_raft(n);
+  return rc;
+}
+
+int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_options *opts,
+                   raftnode **out) {
+  CAIRN_ASSERT(loop != NULL && store != NULL && opts != NULL && out != NULL);
+  *out = NULL;
+  if (opts->name == NULL || opts->data_dir == NULL) {
+    fprintf(stderr, "cairn: raft: a member needs a name and a data directory\n");
+    return CAIRN_EINVAL;
+  }
+  raftnode *n = calloc(1, sizeof *n);
+  if (n == NULL) {
+    return CAIRN_ENOMEM;
+  }
+  int rc = memberid_cluster(opts->name, opts->initial_cluster, opts->n_initial_cluster,
+                            opts->cluster_token, &n->ids);
+  if (rc != 0) {
+    free(n);
+    return rc;
+  }
+  n->loop = loop;
+  n->store = store;
+  n->r = &n->raft;
+  n->state = NODE_RUNNING;
+  unsigned heartbeat = opts->heartbeat_ms ? opts->heartbeat_ms : RAFTNODE_HEARTBEAT_MS_DEFAULT;
+  unsigned election = opts->election_ms ? opts->election_ms : RAFTNODE_ELECTION_MS_DEFAULT;
+  n->request_timeout_ms = opts->request_timeout_ms ? opts->request_timeout_ms : 5000 + 2 * election;
+  uint64_t count = opts->snapshot_count ? opts->snapshot_count : RAFTNODE_SNAPSHOT_COUNT_DEFAULT;
+  unsigned threshold = count > UINT_MAX ? UINT_MAX : (unsigned)count;
+  unsigned trailing = threshold < RAFTNODE_SNAPSHOT_TRAILING ? threshold : RAFTNODE_SNAPSHOT_TRAILING;
+
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+  n->id_prefix = (n->ids.self_id & 0xffffu) << 48;
+  n->id_suffix = (ms << 8) & ((1ull << 48) - 1);
+
+  char dir[PATH_MAX];
+  if ((size_t)snprintf(dir, sizeof dir, "%s/raft", opts->data_dir) >= sizeof dir) {
+    fprintf(stderr, "cairn: raft: data directory name too long\n");
+    free(n);
+    return CAIRN_EINVAL;
+  }
+  if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+    fprintf(stderr, "cairn: raft: mkdir %s: %s\n", dir, strerror(errno));
+    free(n);
+    return CAIRN_EIO;
+  }
+  bool used = raft_dir_used(dir);
+  if (!used && mvcc_applied_index(store) > 0) {
+    fprintf(stderr,
+            "cairn: raft: the store holds entries up to %" PRIu64
+            " but the raft log in %s is empty: it was lost\n",
+            mvcc_applied_index(store), dir);
+    free(n);
+    return CAIRN_ECORRUPT;
+  }
+  if (!used && !opts->new_cluster) {
+    fprintf(stderr, "cairn: raft: no raft log in %s and not a new cluster: joining an existing "
+                    "cluster is not supported yet\n",
+            dir);
+    free(n);
+    return CAIRN_EINVAL;
+  }
+
+  rc = fileio_init(loop, 0, &n->fio);
+  if (rc != 0) {
+    free(n);
+    return rc;
+  }
+  int rv = raft_uv_tcp_init(&n->transport, loop);
+  if (rv != 0) {
+    fprintf(stderr, "cairn: raft: transport: %s\n", raft_strerror(rv));
+    goto err_after_fileio;
+  }
+  rv = raft_uv_init(&n->io, loop, dir, &n->transport);
+  if (rv != 0) {
+    fprintf(stderr, "cairn: raft: %s: %s\n", dir, raft_strerror(rv));
+    goto err_after_transport;
+  }
+  raft_uv_set_connect_retry_delay(&n->io, heartbeat);
+  n->snapshot_put = n->io.snapshot_put;
+  n->io.snapshot_put = snapshot_put_gated;
+  fsm_init(&n->fsm, n->r, store, n, on_fsm_result, on_fsm_revision);
+  const char *self_address = NULL;
+  for (size_t i = 0; i < n->ids.n; i++) {
+    if (n->ids.members[i].id == n->ids.self_id) {
+      self_address = n->ids.members[i].address;
+    }
+  }
+  CAIRN_ASSERT(self_address != NULL);
+  rv = raft_init(n->r, &n->io, &n->fsm.raft_fsm, n->ids.self_id, self_address);
+  if (rv != 0) {
+    fprintf(stderr, "cairn: raft: init: %s\n", raft_errmsg(n->r));
+    goto err_after_io;
+  }
+  n->raft.data = n;
+  uv_timer_init(loop, &n->timeout_timer);
+  uv_timer_init(loop, &n->deliver_timer);
+  uv_timer_init(loop, &n->stop_timer);
+  n->timeout_timer.data = n->deliver_timer.data = n->stop_timer.data = n;
+  n->handles_open = 3;
+  /* From here on failures close raft, asynchronously. */
+  raft_set_heartbeat_timeout(n->r, heartbeat);
+  raft_set_election_timeout(n->r, election);
+  raft_set_snapshot_threshold(n->r, threshold);
+  raft_set_snapshot_trailing(n->r, trailing);
+
+  if (opts->new_cluster) {
+    struct raft_configuration conf;
+    raft_configuration_init(&conf);
+    rv = 0;
+    for (size_t i = 0; i < n->ids.n && rv == 0; i++) {
+      rv = raft_configuration_add(&conf, n->ids.members[i].id, n->ids.members[i].address,
+                                  RAFT_VOTER);
+    }
+    if (rv == 0) {
+      rv = raft_bootstrap(n->r, &conf);
+    }
+    raft_configuration_close(&conf);
+    if (rv != 0 && rv != RAFT_CANTBOOTSTRAP) { /* CANTBOOTSTRAP: done before */
+      fprintf(stderr, "cairn: raft: bootstrap: %s\n", raft_errmsg(n->r));
+      return start_failed(n, raft_to_cairn(rv));
+    }
+  }
+  n->fsm.starting = true;
+  rv = raft_start(n->r);
+  n->fsm.starting = false;
+  if (rv != 0) {
+    fprintf(stderr, "cairn: raft: start: %s%s%s\n", raft_strerror(rv),
+            *raft_errmsg(n->r) ? ": " : "", raft_errmsg(n->r));
+    return start_failed(n, n->fsm.restore_error ? n->fsm.restore_error : raft_to_cairn(rv));
+  }
+  *out = n;
+  return 0;
+
+err_after_io:
+  raft_uv_close(&n->io);
+err_after_transport:
+  raft_uv_tcp_close(&n->transport);
+err_after_fileio:
+  fileio_close(n->fio, NULL, NULL);
+  free(n);
+  return raft_to_cairn(rv);
+}
