@@ -380,8 +380,7 @@ void grpc_call_frame_sent(grpc_call *call, bool end_stream) {
     /* The response is complete but the client is still sending: ask it to
      * stop without error (RFC 9113 8.1), as grpc-go does. Submitted only
      * now, after the frame with END_STREAM left, so the status goes first. */
-    nghttp2_submit_rst_stream(call->conn->h2, NGHTTP2_FLAG_NONE, call->stream_id,
-                              NGHTTP2_NO_ERROR);
+    nghttp2_submit_rst_stream(call->conn->h2, NGHTTP2_FLAG_NONE, call->stream_id, NGHTTP2_NO_ERROR);
   }
 }
 

@@ -34,8 +34,7 @@ static void shutdown_final_goaway(grpc_conn *c) {
                         NGHTTP2_NO_ERROR, NULL, 0);
 }
 
-static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame,
-                            void *user_data) {
+static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
   grpc_conn *c = user_data;
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
     return 0;

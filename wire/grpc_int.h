@@ -164,13 +164,13 @@ struct grpc_conn {
 
   struct http1_state *http1;
 
-  struct grpc_wbuf *wbuf; /* being filled, not yet given to uv_write */
-  size_t write_bytes;     /* in uv_write or in wbuf, not yet written */
-  bool read_paused;       /* not reading (backpressure, or not started) */
+  struct grpc_wbuf *wbuf;  /* being filled, not yet given to uv_write */
+  size_t write_bytes;      /* in uv_write or in wbuf, not yet written */
+  bool read_paused;        /* not reading (backpressure, or not started) */
   uv_timer_t *drain_timer; /* while DRAINING; freed in its close callback */
-  bool fatal;             /* close at the end of the current entry point */
-  unsigned depth;         /* entry points on the stack (for grpc_conn_after) */
-  char peer[64];          /* "ip:port", for log lines */
+  bool fatal;              /* close at the end of the current entry point */
+  unsigned depth;          /* entry points on the stack (for grpc_conn_after) */
+  char peer[64];           /* "ip:port", for log lines */
 };
 
 /* Moves c to state to; asserts that the transition is legal. */
@@ -242,9 +242,9 @@ struct grpc_call {
   grpc_conn *conn;
   int32_t stream_id;
   enum grpc_call_state state;
-  struct grpc_method method; /* a copy: the table may grow meanwhile */
-  bool registered;           /* method is set: a service call (on_close due) */
-  struct grpc_call *prev, *next;    /* conn->calls */
+  struct grpc_method method;     /* a copy: the table may grow meanwhile */
+  bool registered;               /* method is set: a service call (on_close due) */
+  struct grpc_call *prev, *next; /* conn->calls */
 
   /* Request headers as "name\0value\0" pairs. */
   char *hdrs;

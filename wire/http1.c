@@ -116,7 +116,8 @@ long http1_parse_head(const uint8_t *buf, size_t len, struct http1_head *out) {
   out->target = (const char *)line + t;
   out->target_len = i - t;
   i++;
-  if (n - i != 8 || memcmp(line + i, "HTTP/1.", 7) != 0 || (line[i + 7] != '0' && line[i + 7] != '1')) {
+  if (n - i != 8 || memcmp(line + i, "HTTP/1.", 7) != 0 ||
+      (line[i + 7] != '0' && line[i + 7] != '1')) {
     return CAIRN_EINVAL;
   }
   out->minor_version = line[i + 7] - '0';
@@ -250,8 +251,7 @@ bool http1_waiting(const grpc_conn *c) {
 }
 
 static int http1_write_response(grpc_conn *c, int status, const char *content_type,
-                                const uint8_t *body, size_t len, bool keep_alive,
-                                bool head_only) {
+                                const uint8_t *body, size_t len, bool keep_alive, bool head_only) {
   char head[512];
   int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\n%s%.200s%sContent-Length: %zu\r\n%s\r\n",
                    status, reason_phrase(status), content_type ? "Content-Type: " : "",
@@ -343,8 +343,7 @@ void http1_process(grpc_conn *c) {
   struct http1_state *h = c->http1;
   grpc_server *s = c->s;
   /* Bounded by the buffer: each round consumes a whole request or stops. */
-  while (c->state == CONN_HTTP1 && !c->fatal && !h->outstanding && !h->close_after &&
-         h->len > 0) {
+  while (c->state == CONN_HTTP1 && !c->fatal && !h->outstanding && !h->close_after && h->len > 0) {
     struct http1_head head;
     long r = http1_parse_head(h->buf, h->len, &head);
     if (r == 0) {
@@ -391,8 +390,7 @@ void http1_process(grpc_conn *c) {
       s->http_handler(req, method, path, body, (size_t)head.content_length, s->http_ctx);
     } else {
       static const char nf[] = "404 page not found\n";
-      grpc_http_respond(req, 404, "text/plain; charset=utf-8", (const uint8_t *)nf,
-                        sizeof nf - 1);
+      grpc_http_respond(req, 404, "text/plain; charset=utf-8", (const uint8_t *)nf, sizeof nf - 1);
     }
     free(path);
     /* The buffer did not move during the handler: nothing feeds it then. */

@@ -98,8 +98,8 @@ static int tls_ctx_new(const struct grpc_tls_options *o, tls_ctx **out) {
     tls_print_errors("set minimum version", NULL);
     goto err_after_ssl_ctx;
   }
-  SSL_CTX_set_options(sc, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                              SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_options(
+      sc, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_mode(sc, SSL_MODE_RELEASE_BUFFERS);
   if (SSL_CTX_use_certificate_chain_file(sc, o->cert_file) != 1) {
     tls_print_errors("certificate", o->cert_file);

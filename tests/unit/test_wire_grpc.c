@@ -307,8 +307,8 @@ static void env_init(struct env *env, bool with_kv) {
   struct grpc_method bad = {"/nosvc", GRPC_METHOD_UNARY, say_msg, NULL, NULL, env};
   CHECK_ERR(grpc_server_register(env->s, &bad, 1), CAIRN_EINVAL);
   if (with_kv) {
-    struct grpc_method kv = {"/etcdserverpb.KV/Range", GRPC_METHOD_UNARY, kv_range, NULL, NULL,
-                             env};
+    struct grpc_method kv = {
+        "/etcdserverpb.KV/Range", GRPC_METHOD_UNARY, kv_range, NULL, NULL, env};
     CHECK_OK(grpc_server_register(env->s, &kv, 1));
   }
   grpc_server_set_http_handler(env->s, http_handler, env);
@@ -333,9 +333,9 @@ static void on_child_exit(uv_process_t *p, int64_t exit_status, int term_signal)
 }
 
 static void spawn_child(struct env *env, char **args) {
-  uv_stdio_container_t stdio[3] = {
-      {.flags = UV_IGNORE}, {.flags = UV_INHERIT_FD, .data.fd = 1},
-      {.flags = UV_INHERIT_FD, .data.fd = 2}};
+  uv_stdio_container_t stdio[3] = {{.flags = UV_IGNORE},
+                                   {.flags = UV_INHERIT_FD, .data.fd = 1},
+                                   {.flags = UV_INHERIT_FD, .data.fd = 2}};
   uv_process_options_t o = {0};
   o.file = args[0];
   o.args = args;
@@ -543,8 +543,8 @@ static size_t read_some(int fd, uint8_t *buf, size_t cap, int timeout_ms) {
   return n > 0 ? (size_t)n : 0;
 }
 
-static int raw_on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name,
-                         size_t nl, const uint8_t *value, size_t vl, uint8_t flags, void *ud) {
+static int raw_on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t nl,
+                         const uint8_t *value, size_t vl, uint8_t flags, void *ud) {
   (void)s;
   (void)flags;
   struct raw *r = ud;
@@ -692,7 +692,7 @@ static int32_t raw_request(struct raw *r, const char *path, const char *ct, cons
   nghttp2_nv nva[8];
   size_t n = 0;
 #define NV(a, b) \
-  (nghttp2_nv) { (uint8_t *)(a), (uint8_t *)(b), strlen(a), strlen(b), NGHTTP2_NV_FLAG_NONE }
+  (nghttp2_nv){(uint8_t *)(a), (uint8_t *)(b), strlen(a), strlen(b), NGHTTP2_NV_FLAG_NONE}
   nva[n++] = NV(":method", "POST");
   nva[n++] = NV(":scheme", "http");
   nva[n++] = NV(":path", path);
@@ -858,29 +858,97 @@ static void *raw_thread(void *arg) {
   raw_pump(r, is_eof, 0, 5000);
   CHECK(r->eof);
   raw_close(r);
-  printf("    ok: shutdown: GOAWAY(2^31-1), PING, GOAWAY(%d), the call in progress finished, "
-         "close\n",
-         id);
+  printf(
+      "    ok: shutdown: GOAWAY(2^31-1), PING, GOAWAY(%d), the call in progress finished, "
+      "close\n",
+      id);
   return NULL;
 }
 
 static void on_async(uv_async_t *a) {
-  (void)a;
+  struct env *env = a->data;
+  /* The client thread is done: shut the server down unless it did. */
+  if (!env->server_closed && !env->s->shutting_down) {
+    grpc_server_shutdown(env->s, 2000, on_closed_server, env);
+  }
+}
+
+/* Runs fn on a thread against env's server while the loop serves. fn ends
+ * by waking the loop (uv_async_send) or by shutting the server down. */
+static void run_client_thread(struct env *env, void *(*fn)(void *), struct raw *r) {
+  /* The async handle keeps the loop alive until the server closes. */
+  CHECK_OK(uv_async_init(&env->loop, &env->async, on_async));
+  env->async.data = env;
+  env->async_used = true;
+  r->port = grpc_server_port(env->s);
+  r->env = env;
+  pthread_t th;
+  CHECK(pthread_create(&th, NULL, fn, r) == 0);
+  CHECK_OK(uv_run(&env->loop, UV_RUN_DEFAULT));
+  CHECK(pthread_join(th, NULL) == 0);
 }
 
 static void test_raw_h2(void) {
   struct env env;
   env_init(&env, false);
   CHECK_OK(grpc_server_listen(env.s, "127.0.0.1", 0, NULL));
-  /* The async handle keeps the loop alive until the server closes. */
-  CHECK_OK(uv_async_init(&env.loop, &env.async, on_async));
-  env.async_used = true;
-  struct raw r = {.port = grpc_server_port(env.s), .env = &env};
-  pthread_t th;
-  CHECK(pthread_create(&th, NULL, raw_thread, &r) == 0);
-  CHECK_OK(uv_run(&env.loop, UV_RUN_DEFAULT));
-  CHECK(pthread_join(th, NULL) == 0);
+  struct raw r = {0};
+  run_client_thread(&env, raw_thread, &r);
   CHECK(env.st.sleep_cut == 0); /* the deadline call never reached "sleep" */
+  env_finish(&env);
+}
+
+/* True when the peer closed fd within timeout_ms. */
+static bool peer_closed(int fd, int timeout_ms) {
+  uint8_t buf[256];
+  struct pollfd pfd = {.fd = fd, .events = POLLIN};
+  uint64_t end = uv_hrtime() / 1000000 + (uint64_t)timeout_ms;
+  while (uv_hrtime() / 1000000 < end) {
+    if (poll(&pfd, 1, 20) > 0) {
+      ssize_t n = recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+static void *limit_thread(void *arg) {
+  struct raw *r = arg;
+  int a = raw_connect(r->port);
+  int b = raw_connect(r->port);
+  CHECK(!peer_closed(a, 200));
+  CHECK(!peer_closed(b, 200));
+  int c = raw_connect(r->port);
+  CHECK(peer_closed(c, 2000)); /* over max_connections: closed at accept */
+  close(c);
+  close(a);
+  usleep(100 * 1000);
+  int d = raw_connect(r->port);
+  static const char get[] = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+  write_all(d, (const uint8_t *)get, sizeof get - 1);
+  uint8_t buf[512];
+  size_t n = read_some(d, buf, sizeof buf - 1, 2000);
+  buf[n] = '\0';
+  CHECK(strstr((const char *)buf, "200 OK") != NULL);
+  close(b);
+  close(d);
+  printf("    ok: max_connections 2: the third connection closed at accept\n");
+  uv_async_send(&r->env->async);
+  return NULL;
+}
+
+static void test_max_connections(void) {
+  struct env env;
+  memset(&env, 0, sizeof env);
+  CHECK_OK(uv_loop_init(&env.loop));
+  struct grpc_server_options opts = {.max_connections = 2};
+  CHECK_OK(grpc_server_init(&env.loop, &opts, &env.s));
+  grpc_server_set_http_handler(env.s, http_handler, &env);
+  CHECK_OK(grpc_server_listen(env.s, "127.0.0.1", 0, NULL));
+  struct raw r = {0};
+  run_client_thread(&env, limit_thread, &r);
   env_finish(&env);
 }
 
@@ -1000,6 +1068,7 @@ int main(void) {
   TEST_RUN(test_http1_parser);
   TEST_RUN(test_unknown_text);
   TEST_RUN(test_raw_h2);
+  TEST_RUN(test_max_connections);
   TEST_RUN(test_python_plain);
   TEST_RUN(test_python_tls);
   TEST_RUN(test_etcdctl);

@@ -12,6 +12,7 @@ import http.client
 import os
 import socket
 import ssl
+import subprocess
 import sys
 import time
 
@@ -189,11 +190,29 @@ def garbage_checks(ch, port):
           "server still serving after garbage and vanished clients")
 
 
+def vanish_checks(ch, port):
+    before = int(stats(ch)["count_closes"])
+    code = ("import grpc, os\n"
+            "ch = grpc.insecure_channel('127.0.0.1:%d')\n"
+            "it = ch.unary_stream('/test.Echo/Count', request_serializer=lambda b: b,\n"
+            "                     response_deserializer=lambda b: b)(b'forever 65536')\n"
+            "next(it)\n"
+            "os._exit(0)\n" % port)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    wait_stat(ch, "count_closes", before + 1, "a client process dying mid-stream: on_close")
+
+    # A raw HTTP/2 client that asks for a stream, never reads, and vanishes.
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    s.close()
+
+
 def plain(port):
     with grpc.insecure_channel("127.0.0.1:%d" % port) as ch:
         grpc_checks(ch, port)
         http_checks(port)
         garbage_checks(ch, port)
+        vanish_checks(ch, port)
         st = stats(ch)
         print("    server stats:", st, flush=True)
 
