@@ -98,8 +98,7 @@ static void grant_done(struct server *s, void *data, int status, struct mvcc_res
     finish_reply(s, call, PATH_GRANT, &resp.base);
   }
   if (r != NULL) {
-    mvcc_result_free(r);
-    free(r);
+    mvcc_result_free(r); /* server.h: the result itself is not ours */
   }
   free(p);
 }
@@ -180,8 +179,7 @@ static void revoke_done(struct server *s, void *data, int status, struct mvcc_re
     finish_reply(s, call, PATH_REVOKE, &resp.base);
   }
   if (r != NULL) {
-    mvcc_result_free(r);
-    free(r);
+    mvcc_result_free(r); /* server.h: the result itself is not ours */
   }
   free(p);
 }

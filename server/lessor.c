@@ -708,8 +708,7 @@ static void prop_done(struct server *s, void *data, int status, struct mvcc_resu
     }
   }
   if (r != NULL) {
-    mvcc_result_free(r);
-    free(r);
+    mvcc_result_free(r); /* server.h: the result itself is not ours */
   }
   free(p);
   maybe_free(l);
