@@ -275,7 +275,8 @@ static void ttl_on_message(grpc_call *call, const uint8_t *msg, size_t len, void
 
 static void leases_on_message(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
   struct server *s = ctx;
-  Etcdserverpb__LeaseLeasesRequest *req = etcdserverpb__lease_leases_request__unpack(NULL, len, msg);
+  Etcdserverpb__LeaseLeasesRequest *req =
+      etcdserverpb__lease_leases_request__unpack(NULL, len, msg);
   if (req == NULL) {
     finish_status(s, call, PATH_LEASES, GRPC_INTERNAL, UNMARSHAL_ERROR);
     return;

@@ -42,8 +42,8 @@ enum lease_state {
 
 struct lease {
   int64_t id;
-  int64_t ttl_s;     /* granted TTL, raised to the minimum */
-  int64_t stored_ms; /* remaining_ms as recorded in the store; -1: none (full TTL) */
+  int64_t ttl_s;      /* granted TTL, raised to the minimum */
+  int64_t stored_ms;  /* remaining_ms as recorded in the store; -1: none (full TTL) */
   uint64_t expiry_ms; /* loop time; EXPIRY_FOREVER off the leader */
   size_t heap_idx;    /* NOT_IN_HEAP when not in the heap */
   struct lease *ck_prev, *ck_next;
@@ -650,8 +650,8 @@ static void revoke_done(struct lessor *l, int64_t id, int err) {
       lease_del(l, e);
     }
   } else if (e != NULL && e->state == LEASE_EXPIRED && leading(l) && e->heap_idx == NOT_IN_HEAP) {
-    server_log(LOG_WARN, "lessor: revoke of expired lease %lld failed, retrying: %s",
-               (long long)id, cairn_strerror(err));
+    server_log(LOG_WARN, "lessor: revoke of expired lease %lld failed, retrying: %s", (long long)id,
+               cairn_strerror(err));
     e->expiry_ms = now + LESSOR_REVOKE_RETRY_MS;
     heap_push(l, e);
   }

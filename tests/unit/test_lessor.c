@@ -82,7 +82,8 @@ static struct mvcc_bytes B(const char *s) {
   return (struct mvcc_bytes){(const uint8_t *)s, strlen(s)};
 }
 
-static void start_lessor(void) {
+static void
+start_lessor(void) {
   CHECK_OK(lessor_init(&srv));
   CHECK(srv.lessor != NULL);
   srv.lessor->now = fake_clock;
