@@ -19,6 +19,7 @@
 #include "common/cairn_assert.h"
 #include "fsm.h"
 #include "memberid.h"
+#include "pending.h"
 #include "storage/checkpoint.h"
 #include "storage/fileio.h"
 
@@ -26,9 +27,6 @@
 #define TIMEOUT_TICK_MS 50u
 /* How often a stop checks whether raft can be closed. */
 #define STOP_TICK_MS 5u
-/* The request id table: open addressing, at most half full. */
-#define TABLE_SLOTS (2u * RAFTNODE_INFLIGHT_MAX)
-CAIRN_STATIC_ASSERT((TABLE_SLOTS & (TABLE_SLOTS - 1)) == 0, "TABLE_SLOTS is a power of two");
 
 /* A proposal's life: PENDING from raft_apply() until raft's callback (then
  * DONE, queued for delivery) or until its deadline (then ABANDONED: the
@@ -85,7 +83,7 @@ struct raftnode {
   unsigned outstanding; /* proposals raft holds: PENDING and ABANDONED */
   struct queue pending; /* PENDING, in deadline order */
   struct queue done;    /* DONE, in completion order */
-  struct proposal *table[TABLE_SLOTS]; /* request id -> PENDING proposal */
+  struct pending_table table; /* request id -> PENDING proposal */
 
   uv_timer_t timeout_timer;
   uv_timer_t deliver_timer;
@@ -113,7 +111,7 @@ struct raftnode {
   void *closed_data;
 };
 
-/* ---- queues and the id table ---------------------------------------------- */
+/* ---- queues --------------------------------------------------------------- */
 
 static void queue_push(struct queue *q, struct proposal *p) {
   p->next = NULL;
@@ -138,59 +136,6 @@ static void queue_remove(struct queue *q, struct proposal *p) {
     q->tail = p->prev;
   }
   p->prev = p->next = NULL;
-}
-
-static size_t table_home(uint64_t id) {
-  return (size_t)((id * 0x9e3779b97f4a7c15ull) >> 32) & (TABLE_SLOTS - 1);
-}
-
-static void table_insert(raftnode *n, struct proposal *p) {
-  size_t i = table_home(p->request_id);
-  while (n->table[i] != NULL) {
-    CAIRN_ASSERT(n->table[i]->request_id != p->request_id);
-    i = (i + 1) & (TABLE_SLOTS - 1);
-  }
-  n->table[i] = p;
-}
-
-static struct proposal *table_find(const raftnode *n, uint64_t id, size_t *slot) {
-  size_t i = table_home(id);
-  while (n->table[i] != NULL) {
-    if (n->table[i]->request_id == id) {
-      if (slot != NULL) {
-        *slot = i;
-      }
-      return n->table[i];
-    }
-    i = (i + 1) & (TABLE_SLOTS - 1);
-  }
-  return NULL;
-}
-
-/* Removes p if present; later entries of the probe run shift back so that no
- * lookup stops early at the hole. */
-static void table_remove(raftnode *n, struct proposal *p) {
-  size_t i;
-  if (table_find(n, p->request_id, &i) != p) {
-    return;
-  }
-  n->table[i] = NULL;
-  size_t j = i;
-  for (;;) {
-    j = (j + 1) & (TABLE_SLOTS - 1);
-    struct proposal *q = n->table[j];
-    if (q == NULL) {
-      return;
-    }
-    size_t home = table_home(q->request_id);
-    /* q may move to the hole at i unless its home lies in (i, j]. */
-    bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
-    if (!stays) {
-      n->table[i] = q;
-      n->table[j] = NULL;
-      i = j;
-    }
-  }
 }
 
 /* ---- delivery ------------------------------------------------------------- */
@@ -235,7 +180,7 @@ static void on_deliver(uv_timer_t *t) {
 static void on_fsm_result(void *ctx, uint64_t request_id, uint64_t index,
                           struct mvcc_result *result) {
   raftnode *n = ctx;
-  struct proposal *p = table_find(n, request_id, NULL);
+  struct proposal *p = pending_find(&n->table, request_id);
   /* The index check guards against an id that an earlier run of this member
    * used for an entry replayed now. */
   if (p == NULL || p->state != PROPOSAL_PENDING || p->req.index != index || p->has_result) {
@@ -271,7 +216,7 @@ static void on_raft_applied(struct raft_apply *req, int status, void *result) {
     return;
   }
   CAIRN_ASSERT(p->state == PROPOSAL_PENDING);
-  table_remove(n, p);
+  pending_remove(&n->table, p->request_id);
   queue_remove(&n->pending, p);
   if (status == 0) {
     if (p->has_result) {
@@ -302,7 +247,7 @@ static void on_timeout_tick(uv_timer_t *t) {
   struct proposal *p;
   while ((p = n->pending.head) != NULL && p->deadline_ms <= now) {
     queue_remove(&n->pending, p);
-    table_remove(n, p);
+    pending_remove(&n->table, p->request_id);
     if (p->has_result) {
       mvcc_result_free(&p->result);
       p->has_result = false;
@@ -365,11 +310,13 @@ int raftnode_propose(raftnode *n, const struct mvcc_op *op, void *data, raftnode
     free(p);
     return rc;
   }
-  /* In the table before raft sees it, in case raft applied it at once. */
-  table_insert(n, p);
+  /* In the table before raft sees it, in case raft applied it at once.
+   * Room and uniqueness: outstanding < the capacity, ids never repeat. */
+  int trc = pending_insert(&n->table, p->request_id, p);
+  CAIRN_ASSERT(trc == 0);
   int rv = raft_apply(n->r, &p->req, &buf, 1, on_raft_applied);
   if (rv != 0) {
-    table_remove(n, p);
+    pending_remove(&n->table, p->request_id);
     raft_free(buf.base); /* still ours: raft_apply failed */
     free(p);
     switch (rv) {
@@ -605,6 +552,7 @@ int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_opt
   n->store = store;
   n->r = &n->raft;
   n->state = NODE_RUNNING;
+  pending_init(&n->table);
   unsigned heartbeat = opts->heartbeat_ms ? opts->heartbeat_ms : RAFTNODE_HEARTBEAT_MS_DEFAULT;
   unsigned election = opts->election_ms ? opts->election_ms : RAFTNODE_ELECTION_MS_DEFAULT;
   n->request_timeout_ms = opts->request_timeout_ms ? opts->request_timeout_ms : 5000 + 2 * election;

@@ -10,6 +10,7 @@
 
 #include <uv.h>
 
+#include "raft/fsm.h"
 #include "raft/memberid.h"
 #include "raft/raftnode.h"
 #include "test.h"
@@ -302,6 +303,28 @@ static void test_ids(void) {
   /* Two names with the same URLs have the same id. */
   struct raftnode_member dup[] = {{"p", "http://10.0.0.1:2380"}, {"q", "http://10.0.0.1:2380"}};
   CHECK_ERR(memberid_cluster("p", dup, 2, NULL, &ids), CAIRN_EINVAL);
+}
+
+/* The snapshot marker raft holds instead of the data. */
+static void test_marker(void) {
+  struct fsm_marker m = {.raft_index = 1000, .store_index = 998, .revision = 77}, d;
+  uint8_t buf[FSM_SNAPSHOT_BYTES];
+  fsm_marker_encode(&m, buf);
+  CHECK_OK(fsm_marker_decode(buf, sizeof buf, &d));
+  CHECK(d.raft_index == 1000 && d.store_index == 998 && d.revision == 77 && d.reserved == 0);
+  CHECK_ERR(fsm_marker_decode(buf, sizeof buf - 1, &d), CAIRN_ECORRUPT);
+  buf[0] ^= 1;
+  CHECK_ERR(fsm_marker_decode(buf, sizeof buf, &d), CAIRN_ECORRUPT);
+  buf[0] ^= 1;
+  buf[8] = 2; /* version */
+  CHECK_ERR(fsm_marker_decode(buf, sizeof buf, &d), CAIRN_ECORRUPT);
+  m.store_index = 1001; /* the store cannot be past raft's entry */
+  fsm_marker_encode(&m, buf);
+  CHECK_ERR(fsm_marker_decode(buf, sizeof buf, &d), CAIRN_ECORRUPT);
+  m.store_index = 5;
+  m.revision = 0;
+  fsm_marker_encode(&m, buf);
+  CHECK_ERR(fsm_marker_decode(buf, sizeof buf, &d), CAIRN_ECORRUPT);
 }
 
 /* Start, leadership, every kind of op through raft, the wake-up, stop and
@@ -910,6 +933,7 @@ int main(void) {
   signal(SIGPIPE, SIG_IGN); /* the daemon's job too: raft and libuv do not */
   test_seed("test_raft_node");
   TEST_RUN(test_ids);
+  TEST_RUN(test_marker);
   TEST_RUN(test_single_ops);
   TEST_RUN(test_restart);
   TEST_RUN(test_inflight);
