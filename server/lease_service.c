@@ -113,6 +113,11 @@ static void grant_on_message(grpc_call *call, const uint8_t *msg, size_t len, vo
   int64_t ttl = req->ttl, id = req->id;
   etcdserverpb__lease_grant_request__free_unpacked(req, NULL);
   struct lessor *l = s->lessor;
+  if (s->alarm_nospace) {
+    /* etcd's capped applier refuses grants while the alarm is raised. */
+    finish_fail(s, call, PATH_GRANT, CAIRN_ENOSPACE);
+    return;
+  }
   if (ttl > LESSOR_TTL_MAX_S) {
     finish_fail(s, call, PATH_GRANT, CAIRN_ELEASE_TTL_TOO_LARGE);
     return;
