@@ -126,6 +126,8 @@ it_bg() {
   if [[ "$1" == ctl ]]; then
     shift
     set -- "${IT_CTL[@]}" "$@"
+  elif declare -F "$1" >/dev/null; then
+    it_fail "it_bg: $1 is a shell function; give it a program"
   fi
   setsid "$@" >"$out" 2>"$out.err" &
   IT_BG_PID=$!
