@@ -403,7 +403,6 @@ static void on_written(struct server *s, void *data, int status, struct mvcc_res
     free(w);
     if (res != NULL) {
       mvcc_result_free(res);
-      free(res);
     }
     return;
   }
@@ -464,7 +463,6 @@ static void on_written(struct server *s, void *data, int status, struct mvcc_res
     scratch_free(&sc);
   }
   mvcc_result_free(res);
-  free(res);
   free(w);
 }
 

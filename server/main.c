@@ -78,7 +78,6 @@ static void on_auto_compacted(struct server *s, void *data, int status, struct m
   }
   if (r != NULL) {
     mvcc_result_free(r);
-    free(r);
   }
 }
 
