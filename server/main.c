@@ -34,7 +34,7 @@ static struct compaction_sample samples[COMPACTION_SAMPLES];
 static size_t n_samples;
 
 static int mkdir_p(const char *path) {
-  char buf[1024];
+  char buf[1200];
   snprintf(buf, sizeof buf, "%s", path);
   for (char *p = buf + 1; *p; p++) {
     if (*p == '/') {
