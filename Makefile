@@ -15,9 +15,13 @@ build: deps
 	@cmake -S . -B $(BUILD) $(CMAKE_FLAGS) >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 
+# A single member on 127.0.0.1:2379 with its data in ./data.
 run: build
-	@echo "make run: the cairn server arrives with issue 3 (single node over gRPC); not yet."
-	@echo "What exists now: the storage engine, its tests (make test) and benchmark (make bench)."
+	@test -x $(BUILD)/cairn || { echo "make run: $(BUILD)/cairn was not built"; exit 1; }
+	$(BUILD)/cairn --name default --data-dir ./data \
+	  --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+	  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+	  --initial-cluster default=http://127.0.0.1:2380
 
 # The whole suite: a -Werror build and its tests, then the same under ASan+UBSan.
 test: deps
