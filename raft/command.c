@@ -107,7 +107,8 @@ static void enc_range(struct enc *e, const struct mvcc_range_req *r) {
   put_svar(e, r->revision);
   put_enum(e, (unsigned)r->sort_order, MVCC_SORT_DESCEND);
   put_enum(e, (unsigned)r->sort_target, MVCC_SORT_VALUE);
-  put_u8(e, (uint8_t)((r->keys_only ? RANGE_KEYS_ONLY : 0u) | (r->count_only ? RANGE_COUNT_ONLY : 0u)));
+  put_u8(e, (uint8_t)((r->keys_only ? RANGE_KEYS_ONLY : 0u) |
+                      (r->count_only ? RANGE_COUNT_ONLY : 0u)));
   put_svar(e, r->min_mod_revision);
   put_svar(e, r->max_mod_revision);
   put_svar(e, r->min_create_revision);
@@ -418,12 +419,12 @@ static int get_count(struct dec *d, size_t *n) {
   return 0;
 }
 
-#define TRY(expr)      \
-  do {                 \
-    int rc_ = (expr);  \
-    if (rc_ != 0) {    \
-      return rc_;      \
-    }                  \
+#define TRY(expr)     \
+  do {                \
+    int rc_ = (expr); \
+    if (rc_ != 0) {   \
+      return rc_;     \
+    }                 \
   } while (0)
 
 static int dec_range(struct dec *d, struct mvcc_range_req *r) {

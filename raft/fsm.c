@@ -53,7 +53,8 @@ int fsm_marker_decode(const void *buf, size_t len, struct fsm_marker *out) {
 static int halt(struct fsm *f, int err, uint64_t index, const char *what) {
   if (f->apply_error == 0) {
     fprintf(stderr,
-            "cairn: raft: entry %" PRIu64 ": %s: %s; this member applies nothing more "
+            "cairn: raft: entry %" PRIu64
+            ": %s: %s; this member applies nothing more "
             "and must be repaired\n",
             index, what, cairn_strerror(err));
     f->apply_error = err;

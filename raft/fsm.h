@@ -55,8 +55,8 @@ struct fsm {
   void *ctx;
   fsm_result_cb on_result;
   fsm_revision_cb on_revision;
-  bool starting;   /* set by the caller around raft_start(): restores are its own */
-  int apply_error; /* 0, or the CAIRN_E* code that halted the state machine */
+  bool starting;     /* set by the caller around raft_start(): restores are its own */
+  int apply_error;   /* 0, or the CAIRN_E* code that halted the state machine */
   int restore_error; /* 0, or why the last restore was refused */
 };
 
@@ -64,10 +64,10 @@ void fsm_init(struct fsm *f, struct raft *r, mvcc_store *store, void *ctx, fsm_r
               fsm_revision_cb on_revision);
 
 struct fsm_marker {
-  uint64_t raft_index;    /* the snapshot's last entry */
-  uint64_t store_index;   /* the store's applied index then */
-  int64_t revision;       /* the store's revision then */
-  uint64_t reserved;      /* 0 */
+  uint64_t raft_index;  /* the snapshot's last entry */
+  uint64_t store_index; /* the store's applied index then */
+  int64_t revision;     /* the store's revision then */
+  uint64_t reserved;    /* 0 */
 };
 
 /* Marker (de)serialization, exposed for tests. decode: CAIRN_ECORRUPT. */

@@ -126,8 +126,8 @@ int memberid_cluster(const char *self_name, const struct raftnode_member *initia
     if (initial[i].peer_url == NULL ||
         trim_copy(initial[i].peer_url, urls[i].text, sizeof urls[i].text) != 0 ||
         !url_check(urls[i].text, &hostport)) {
-      fprintf(stderr, "cairn: raft: member %s: bad peer URL \"%s\" (want http://host:port)\n",
-              name, initial[i].peer_url ? initial[i].peer_url : "");
+      fprintf(stderr, "cairn: raft: member %s: bad peer URL \"%s\" (want http://host:port)\n", name,
+              initial[i].peer_url ? initial[i].peer_url : "");
       goto out;
     }
     size_t m = 0;
@@ -182,8 +182,8 @@ int memberid_cluster(const char *self_name, const struct raftnode_member *initia
   bool found = false;
   for (size_t m = 0; m < out->n; m++) {
     if (m > 0 && out->members[m].id == out->members[m - 1].id) {
-      fprintf(stderr, "cairn: raft: members %s and %s have the same id\n",
-              out->members[m - 1].name, out->members[m].name);
+      fprintf(stderr, "cairn: raft: members %s and %s have the same id\n", out->members[m - 1].name,
+              out->members[m].name);
       goto out;
     }
     for (int b = 0; b < 8; b++) {

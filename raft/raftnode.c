@@ -2,6 +2,7 @@
  * the snapshot durability gate, and a clean stop. See docs/raft.md. */
 #include "raftnode.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -80,9 +81,9 @@ struct raftnode {
   uint64_t id_prefix;
   uint64_t id_suffix;
 
-  unsigned outstanding; /* proposals raft holds: PENDING and ABANDONED */
-  struct queue pending; /* PENDING, in deadline order */
-  struct queue done;    /* DONE, in completion order */
+  unsigned outstanding;       /* proposals raft holds: PENDING and ABANDONED */
+  struct queue pending;       /* PENDING, in deadline order */
+  struct queue done;          /* DONE, in completion order */
   struct pending_table table; /* request id -> PENDING proposal */
 
   uv_timer_t timeout_timer;
@@ -385,8 +386,9 @@ static void on_snapshot_durable(void *data, int status, uint64_t durable_index,
     /* An install from the leader (raft replaces its whole log): needs the
      * store transferred too, which is not done yet. Failing the write leaves
      * the log on disk as it was. */
-    fprintf(stderr, "cairn: raft: the leader sent a snapshot (entry %llu); installing snapshots "
-                    "is not supported yet\n",
+    fprintf(stderr,
+            "cairn: raft: the leader sent a snapshot (entry %llu); installing snapshots "
+            "is not supported yet\n",
             snapshot->index);
     cb(req, RAFT_NOTFOUND);
     return;
@@ -519,6 +521,20 @@ static bool raft_dir_used(const char *dir) {
   return false;
 }
 
+/* libraft 0.15's TCP transport binds and connects to IPv4 literals only. */
+static bool address_usable(const char *address) {
+  char host[MEMBERID_ADDRESS_MAX];
+  const char *colon = strrchr(address, ':');
+  size_t len = colon == NULL ? 0 : (size_t)(colon - address);
+  if (len == 0 || len >= sizeof host) {
+    return false;
+  }
+  memcpy(host, address, len);
+  host[len] = 0;
+  struct in_addr a;
+  return inet_pton(AF_INET, host, &a) == 1;
+}
+
 static int raft_to_cairn(int rv) {
   return rv == RAFT_NOMEM ? CAIRN_ENOMEM : CAIRN_EIO;
 }
@@ -548,6 +564,14 @@ int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_opt
     free(n);
     return rc;
   }
+  for (size_t i = 0; i < n->ids.n; i++) {
+    if (!address_usable(n->ids.members[i].address)) {
+      fprintf(stderr, "cairn: raft: member %s: peer address %s: raft needs an IPv4 address\n",
+              n->ids.members[i].name, n->ids.members[i].address);
+      free(n);
+      return CAIRN_EINVAL;
+    }
+  }
   n->loop = loop;
   n->store = store;
   n->r = &n->raft;
@@ -558,7 +582,8 @@ int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_opt
   n->request_timeout_ms = opts->request_timeout_ms ? opts->request_timeout_ms : 5000 + 2 * election;
   uint64_t count = opts->snapshot_count ? opts->snapshot_count : RAFTNODE_SNAPSHOT_COUNT_DEFAULT;
   unsigned threshold = count > UINT_MAX ? UINT_MAX : (unsigned)count;
-  unsigned trailing = threshold < RAFTNODE_SNAPSHOT_TRAILING ? threshold : RAFTNODE_SNAPSHOT_TRAILING;
+  unsigned trailing =
+      threshold < RAFTNODE_SNAPSHOT_TRAILING ? threshold : RAFTNODE_SNAPSHOT_TRAILING;
 
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -587,8 +612,9 @@ int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_opt
     return CAIRN_ECORRUPT;
   }
   if (!used && !opts->new_cluster) {
-    fprintf(stderr, "cairn: raft: no raft log in %s and not a new cluster: joining an existing "
-                    "cluster is not supported yet\n",
+    fprintf(stderr,
+            "cairn: raft: no raft log in %s and not a new cluster: joining an existing "
+            "cluster is not supported yet\n",
             dir);
     free(n);
     return CAIRN_EINVAL;

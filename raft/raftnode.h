@@ -26,6 +26,9 @@
 
 typedef struct raftnode raftnode;
 
+/* Peer URLs: http(s)://host:port, where raft listens and is reached (its own
+ * protocol, not etcd's); host must be an IPv4 address for libraft 0.15's TCP
+ * transport. A member with several URLs uses its first, sorted. */
 struct raftnode_member {
   const char *name;
   const char *peer_url; /* "http://127.0.0.1:2380"; several entries with one name: several URLs */
@@ -41,14 +44,14 @@ struct raftnode_member {
 
 struct raftnode_options {
   const char *name;     /* this member's name (--name) */
-  const char *data_dir; /* raft's log goes to <data_dir>/raft (created), the store is the caller's */
+  const char *data_dir; /* raft's log goes to <data_dir>/raft (created); the store is apart */
   const struct raftnode_member *initial_cluster; /* --initial-cluster */
   size_t n_initial_cluster;
-  const char *cluster_token; /* --initial-cluster-token; NULL: "etcd-cluster" */
-  bool new_cluster;          /* --initial-cluster-state new */
-  unsigned heartbeat_ms;     /* --heartbeat-interval, 0: 100 */
-  unsigned election_ms;      /* --election-timeout, 0: 1000 */
-  uint64_t snapshot_count;   /* --snapshot-count: entries between snapshots, 0: 100000 */
+  const char *cluster_token;   /* --initial-cluster-token; NULL: "etcd-cluster" */
+  bool new_cluster;            /* --initial-cluster-state new */
+  unsigned heartbeat_ms;       /* --heartbeat-interval, 0: 100 */
+  unsigned election_ms;        /* --election-timeout, 0: 1000 */
+  uint64_t snapshot_count;     /* --snapshot-count: entries between snapshots, 0: 100000 */
   unsigned request_timeout_ms; /* a proposal's deadline; 0: 5000 + 2 * election_ms (etcd's) */
 };
 
@@ -69,11 +72,11 @@ typedef void (*raftnode_propose_cb)(void *data, int status, struct mvcc_result *
  * replays committed entries into store (skipping what the store already
  * holds), and starts raft on loop. store must stay open until the closed_cb
  * of raftnode_stop() has run.
- * Errors: CAIRN_EINVAL (bad options, or no raft log and not a new cluster:
- * joining an existing cluster is not supported yet), CAIRN_ECORRUPT (the
- * store and the raft log disagree: the store is behind raft's snapshot, or
- * holds entries while the raft log is empty), CAIRN_ENOMEM, CAIRN_EIO; the
- * reason is on stderr. On error *out is NULL, and what was set up may still
+ * Errors: CAIRN_EINVAL (bad options, a peer URL whose host is not an IPv4
+ * address, or no raft log and not a new cluster: joining an existing cluster
+ * is not supported yet), CAIRN_ECORRUPT (the store and the raft log
+ * disagree: the store is behind raft's snapshot, or holds entries while the
+ * raft log is empty), CAIRN_ENOMEM, CAIRN_EIO; the reason is on stderr. On error *out is NULL, and what was set up may still
  * be closing on the loop: run the loop (uv_run until it returns) before
  * closing it. */
 int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_options *opts,

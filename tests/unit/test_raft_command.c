@@ -198,8 +198,8 @@ static bool bytes_eq(struct mvcc_bytes a, struct mvcc_bytes b) {
 }
 
 static bool range_eq(const struct mvcc_range_req *a, const struct mvcc_range_req *b) {
-  return bytes_eq(a->key, b->key) && bytes_eq(a->range_end, b->range_end) &&
-         a->limit == b->limit && a->revision == b->revision && a->sort_order == b->sort_order &&
+  return bytes_eq(a->key, b->key) && bytes_eq(a->range_end, b->range_end) && a->limit == b->limit &&
+         a->revision == b->revision && a->sort_order == b->sort_order &&
          a->sort_target == b->sort_target && a->keys_only == b->keys_only &&
          a->count_only == b->count_only && a->min_mod_revision == b->min_mod_revision &&
          a->max_mod_revision == b->max_mod_revision &&
@@ -525,8 +525,9 @@ static void test_decode_malformed(void) {
   uint8_t overlong[] = {1, 0, 0, 0, 0, 0, 0, 0, 0, MVCC_OP_COMPACT, 0x80, 0, 0, 0};
   CHECK_ERR(decode_raw(overlong, sizeof overlong, &d), CAIRN_ECORRUPT);
   /* A varint beyond 64 bits. */
-  uint8_t big[] = {1, 0, 0, 0, 0, 0, 0, 0, 0, MVCC_OP_COMPACT, 0xff, 0xff, 0xff, 0xff,
-                   0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0};
+  uint8_t big[] = {1,    0,    0,    0,    0,    0,    0,    0,    0,    MVCC_OP_COMPACT,
+                   0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+                   0,    0};
   CHECK_ERR(decode_raw(big, sizeof big, &d), CAIRN_ECORRUPT);
   /* A byte string longer than what is left. */
   uint8_t longkey[] = {1, 0, 0, 0, 0, 0, 0, 0, 0, MVCC_OP_DELETE, 0, 0, 0x7f, 'a', 0, 0};

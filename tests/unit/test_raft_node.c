@@ -270,9 +270,8 @@ static void test_ids(void) {
   struct raftnode_member a[] = {{"x", "http://10.0.0.2:2380"},
                                 {"y", " http://10.0.0.3:2380 "},
                                 {"x", "http://10.0.0.1:2380"}};
-  struct raftnode_member z[] = {{"y", "http://10.0.0.3:2380"},
-                                {"x", "http://10.0.0.1:2380"},
-                                {"x", "http://10.0.0.2:2380"}};
+  struct raftnode_member z[] = {
+      {"y", "http://10.0.0.3:2380"}, {"x", "http://10.0.0.1:2380"}, {"x", "http://10.0.0.2:2380"}};
   struct memberid_cluster i1, i2;
   CHECK_OK(memberid_cluster("x", a, 3, "tok", &i1));
   CHECK_OK(memberid_cluster("x", z, 3, "tok", &i2));
@@ -762,7 +761,12 @@ static void test_start_refusals(void) {
   o.data_dir = m->dir;
   CHECK_ERR(raftnode_start(&c.loop, m->store, &o, &none), CAIRN_EINVAL);
   CHECK(none == NULL);
+  /* Peer URLs with host names: raft's transport takes IPv4 addresses. */
+  struct raftnode_member named = {m->name, "http://localhost:2380"};
   o.name = m->name;
+  o.initial_cluster = &named;
+  CHECK_ERR(raftnode_start(&c.loop, m->store, &o, &none), CAIRN_EINVAL);
+  o.initial_cluster = c.opts.initial_cluster;
   o.new_cluster = false;
   CHECK_ERR(raftnode_start(&c.loop, m->store, &o, &none), CAIRN_EINVAL);
   drain_loop(&c.loop);

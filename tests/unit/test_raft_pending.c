@@ -6,7 +6,7 @@
 
 #define IDS_MAX (PENDING_CAPACITY + 64)
 
-static uint64_t ids[IDS_MAX];   /* the model: ids present */
+static uint64_t ids[IDS_MAX]; /* the model: ids present */
 static size_t n_ids;
 static char values[IDS_MAX * 4]; /* distinct addresses to store */
 
