@@ -220,6 +220,12 @@ static struct {
   uv_timer_t defrag_timer;
   /* HashKV */
   unsigned hashkv_jobs;
+  unsigned hashkv_sorting; /* jobs on the thread pool */
+  /* maintenance_service_stop() */
+  bool stopping;
+  uv_timer_t stop_timer;
+  void (*stop_cb)(void *data);
+  void *stop_data;
   /* the alarm's stored state */
   uv_check_t alarm_check;
   bool alarm_stored;
@@ -273,7 +279,9 @@ static void on_status(grpc_call *call, const uint8_t *msg, size_t len, void *ctx
     return;
   }
   resp.dbsize = (int64_t)db_size;
-  resp.dbsizeinuse = (int64_t)in_use;
+  /* Right after a defragmentation LMDB can count more pages in use than
+   * the file holds yet; etcd's in-use never exceeds the size. */
+  resp.dbsizeinuse = (int64_t)(in_use < db_size ? in_use : db_size);
   resp.leader = st.leader_id;
   resp.raftindex = st.commit_index;
   resp.raftterm = st.term;
@@ -580,7 +588,7 @@ static void on_defrag(grpc_call *call, const uint8_t *msg, size_t len, void *ctx
     return;
   }
   etcdserverpb__defragment_request__free_unpacked(req, NULL);
-  if (s->stopping) {
+  if (s->stopping || ms.stopping) {
     fail(call, PATH_DEFRAG, CAIRN_ESTOPPED);
     return;
   }
@@ -840,7 +848,7 @@ static void export_after(uv_work_t *w, int status) {
 }
 
 static void export_start_next(void) {
-  if (ms.exporting || ms.queue_head == NULL || ms.n_defrag_waiters > 0) {
+  if (ms.exporting || ms.queue_head == NULL || ms.n_defrag_waiters > 0 || ms.stopping) {
     return;
   }
   struct export_job *j = ms.queue_head;
@@ -1137,6 +1145,8 @@ static void on_hk_idle(uv_idle_t *h);
 static void hk_sort_after(uv_work_t *w, int status) {
   (void)status;
   struct hashkv_job *j = w->data;
+  CAIRN_ASSERT(ms.hashkv_sorting > 0);
+  ms.hashkv_sorting--;
   if (j->call == NULL) {
     hk_free(j);
     return;
@@ -1303,7 +1313,9 @@ static void on_hk_idle(uv_idle_t *h) {
     j->work.data = j;
     if (uv_queue_work(j->s->loop, &j->work, hk_sort_work, hk_sort_after) != 0) {
       hk_fail(j, CAIRN_EIO);
+      return;
     }
+    ms.hashkv_sorting++;
     return;
   }
   if (j->phase == HK_DONE) {
@@ -1328,6 +1340,10 @@ static void on_hashkv(grpc_call *call, const uint8_t *msg, size_t len, void *ctx
   }
   int64_t requested = req->revision;
   etcdserverpb__hash_kvrequest__free_unpacked(req, NULL);
+  if (s->stopping || ms.stopping) {
+    fail(call, PATH_HASHKV, CAIRN_ESTOPPED);
+    return;
+  }
   if (ms.hashkv_jobs >= MAINT_HASHKV_JOBS_MAX) {
     fail(call, PATH_HASHKV, CAIRN_ETOO_MANY_REQUESTS);
     return;
@@ -1382,6 +1398,49 @@ static void on_move_leader(grpc_call *call, const uint8_t *msg, size_t len, void
   Etcdserverpb__MoveLeaderResponse resp = ETCDSERVERPB__MOVE_LEADER_RESPONSE__INIT;
   resp.header = &header;
   reply(call, PATH_MOVE_LEADER, &resp.base);
+}
+
+/* ---- stop ----------------------------------------------------------------- */
+
+static void on_stop_poll(uv_timer_t *t) {
+  (void)t;
+  if (ms.exporting || ms.hashkv_sorting > 0) {
+    return; /* a thread-pool job still reads the store or a job's memory */
+  }
+  uv_timer_stop(&ms.stop_timer);
+  uv_close((uv_handle_t *)&ms.stop_timer, NULL);
+  uv_close((uv_handle_t *)&ms.alarm_check, NULL);
+  uv_close((uv_handle_t *)&ms.defrag_timer, NULL);
+  if (ms.stop_cb != NULL) {
+    ms.stop_cb(ms.stop_data);
+  }
+}
+
+/* Stops the service for shutdown: queued exports and waiting
+ * defragmentations are failed with CAIRN_ESTOPPED, and once no export or
+ * HashKV runs on the thread pool (an export reads the store: mvcc_close()
+ * must wait for it), the module's handles are closed and done(data) runs
+ * from the loop. Calls still streaming end with their connections. Call it
+ * once, after the gRPC server stopped taking calls and before the store is
+ * closed. */
+void maintenance_service_stop(struct server *s, void (*done)(void *data), void *data) {
+  CAIRN_ASSERT(ms.s == s && !ms.stopping);
+  ms.stopping = true;
+  ms.stop_cb = done;
+  ms.stop_data = data;
+  while (ms.queue_head != NULL) {
+    struct export_job *j = ms.queue_head;
+    ms.queue_head = j->next;
+    j->next = NULL;
+    j->state = JOB_FINISHED;
+    fail(j->call, j->kind == JOB_HASH ? PATH_HASH : PATH_SNAPSHOT, CAIRN_ESTOPPED);
+  }
+  ms.queue_tail = NULL;
+  uv_timer_stop(&ms.defrag_timer);
+  defrag_answer_all(s, CAIRN_ESTOPPED);
+  uv_check_stop(&ms.alarm_check);
+  uv_timer_init(s->loop, &ms.stop_timer);
+  uv_timer_start(&ms.stop_timer, on_stop_poll, 0, 10);
 }
 
 /* ---- init ----------------------------------------------------------------- */

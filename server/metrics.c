@@ -476,7 +476,8 @@ int metrics_render(struct server *s, char **out, size_t *len) {
       tb_gauge_u64(&b, "etcd_mvcc_db_total_size_in_bytes",
                    "Total size of the underlying database physically allocated in bytes.", db_size);
       tb_gauge_u64(&b, "etcd_mvcc_db_total_size_in_use_in_bytes",
-                   "Total size of the underlying database logically in use in bytes.", in_use);
+                   "Total size of the underlying database logically in use in bytes.",
+                   in_use < db_size ? in_use : db_size);
     }
     tb_gauge(&b, "etcd_debugging_mvcc_current_revision", "The current revision of store.",
              (double)mvcc_current_revision(s->store));
