@@ -1123,7 +1123,9 @@ static int hk_entry_cmp(const void *a, const void *b) {
  * sub-revision) and folds them into the CRC. Touches only the job. */
 static void hk_sort_work(uv_work_t *w) {
   struct hashkv_job *j = w->data;
-  qsort(j->entries, j->n_entries, sizeof j->entries[0], hk_entry_cmp);
+  if (j->n_entries > 0) { /* entries may be NULL then, which qsort must not get */
+    qsort(j->entries, j->n_entries, sizeof j->entries[0], hk_entry_cmp);
+  }
   uint32_t crc = j->crc;
   int64_t prev = 0;
   int64_t sub = 0;
