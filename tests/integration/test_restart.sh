@@ -108,9 +108,11 @@ done
 it_case "leases after the crashes: granted TTL kept, remaining counting down, keep-alive works"
 read -r granted rem1 <<<"$(lease_ttl "$long_lease")"
 assert_eq 600 "$granted" "granted TTL of the long lease"
-# etcd does not persist remaining TTLs: a restart gives every lease its full
-# TTL again. Persisting them is fine too; expiring early is not.
-((rem1 >= 1 && rem1 <= 600)) || it_fail "remaining TTL $rem1 of the long lease is outside [1, 600]"
+# etcd 3.4 does not persist remaining TTLs: a restart gives every lease its
+# full TTL again. Cairn checkpoints them (docs/leases.md); either way a new
+# leader may add its election timeout, hence the +2. Expiring early is wrong.
+# (test_lease.sh checks Cairn's stricter bound.)
+((rem1 >= 1 && rem1 <= 602)) || it_fail "remaining TTL $rem1 of the long lease is outside [1, 602]"
 ctl_ok get lease/long --print-value-only <<<"v"
 sleep 1.1
 read -r granted rem2 <<<"$(lease_ttl "$long_lease")"
