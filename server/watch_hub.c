@@ -69,7 +69,8 @@ struct watcher {
   bool prev_kv, progress_notify, fragment, no_put, no_delete;
 
   enum watcher_state state;
-  int64_t start_rev; /* the first revision asked for */
+  int64_t start_rev;      /* the first revision asked for */
+  int64_t create_compact; /* the compacted revision when it was created */
   /* Synced: events of revisions below min_rev are not for this watcher (a
    * start revision ahead of the hub). */
   int64_t min_rev;
@@ -1156,14 +1157,12 @@ static bool hub_pump_step(struct watch_hub *h) {
   if (h->pos.rev > cur) {
     return false;
   }
+  /* At the compacted revision itself the feed is whole until physical
+   * compaction removes that revision's deletes; the compactor waits for
+   * watch_hub_delivered_revision() to pass it (see watcher_compacted). */
   struct feed_read r;
-  int rc = CAIRN_ECOMPACTED;
-  if (h->pos.rev > mvcc_compacted_revision(h->store)) {
-    /* (At the compacted revision itself the deletes of that revision are
-     * gone: the reader fell behind a compaction, see watcher_compacted.) */
-    rc = feed_read(h, ALL_KEYS, ALL_KEYS, h->n_synced_prev_kv > 0, h->pos, INT64_MAX, &h->batch,
-                   &r);
-  }
+  int rc = feed_read(h, ALL_KEYS, ALL_KEYS, h->n_synced_prev_kv > 0, h->pos, INT64_MAX,
+                     &h->batch, &r);
   if (rc != 0) {
     if (rc != CAIRN_ECOMPACTED) {
       server_log(LOG_ERROR, "watch: reading the change feed at revision %lld: %s",
@@ -1204,16 +1203,16 @@ static void stream_joined(struct watch_stream *st) {
 
 /* Whether w can no longer be served whole. The feed refuses positions below
  * the compacted revision C; at C itself it serves what compaction kept,
- * which lacks C's deletes. etcd serves a watch that starts at C all the
- * same (minRev < compactRev is its test), and so does the hub for a
- * watcher still at its start; one that has already received events and
- * reached C gets the compacted cancel rather than a revision with holes. */
+ * which lacks C's deletes. etcd serves a watch asked to start at C after
+ * compaction at C all the same (minRev < compactRev is its test), and so
+ * does the hub; a watcher that a compaction overtook gets the compacted
+ * cancel rather than a revision with holes. */
 static bool watcher_compacted(const struct watcher *w) {
   int64_t c = mvcc_compacted_revision(w->st->hub->store);
   if (w->pos.rev != c) {
     return w->pos.rev < c;
   }
-  return pos_cmp(w->pos, (struct wpos){w->start_rev, 0}) > 0;
+  return !(w->pos.sub == 0 && w->pos.rev == w->start_rev && w->create_compact == c);
 }
 
 /* One step for the stream's next unsynced watcher (round robin). */
@@ -1655,6 +1654,7 @@ void watch_hub_create(struct watch_stream *st, const struct watch_create_req *re
   w->pos = (struct wpos){start, 0};
   w->min_rev = start;
   w->start_rev = start;
+  w->create_compact = mvcc_compacted_revision(h->store);
   w->state = W_UNSYNCED;
   memmove(&st->by_id[at + 1], &st->by_id[at], (st->n_watchers - at) * sizeof *st->by_id);
   st->by_id[at] = w;
@@ -1712,6 +1712,10 @@ void watch_hub_progress(struct watch_stream *st) {
     stream_pay_progress(st);
   }
   hub_leave(h);
+}
+
+int64_t watch_hub_delivered_revision(struct watch_hub *h) {
+  return hub_delivered(h);
 }
 
 void watch_hub_stats(const struct watch_hub *h, uint64_t *watchers, uint64_t *streams,

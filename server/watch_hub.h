@@ -136,6 +136,15 @@ void watch_hub_cancel(struct watch_stream *st, int64_t watch_id);
  * 3.5 does; 3.4 answered at once even for watchers still catching up). */
 void watch_hub_progress(struct watch_stream *st);
 
+/* The revision up to which every live watcher has been sent everything.
+ * Physical compaction (mvcc_compact_step) at revision C removes C's own
+ * deletes from the change feed, which the live reader may not have read
+ * yet (raft notifies the hub after a batch of entries, which may hold a
+ * write at C and the compaction at C): the compactor should wait until this
+ * is >= C. Watchers catching up are not waited for; a compaction passing
+ * them cancels them with compact_revision, as in etcd. */
+int64_t watch_hub_delivered_revision(struct watch_hub *h);
+
 /* Counters for /metrics: watchers, streams, and watchers not in the live set
  * (catching up, or on a stream whose send queue is full). Any pointer may be
  * NULL. */
