@@ -85,6 +85,21 @@ static const struct counter_def counter_defs[METRIC_COUNTER__COUNT] = {
                                 "The total number of failed health checks"},
     [METRIC_SNAPSHOTS_SENT] = {"cairn_maintenance_snapshots_sent_total",
                                "The total number of database snapshots sent to clients."},
+    [METRIC_MVCC_RANGE] = {"etcd_mvcc_range_total", "Total number of ranges seen by this member."},
+    [METRIC_MVCC_PUT] = {"etcd_mvcc_put_total", "Total number of puts seen by this member."},
+    [METRIC_MVCC_DELETE] = {"etcd_mvcc_delete_total",
+                            "Total number of deletes seen by this member."},
+    [METRIC_MVCC_TXN] = {"etcd_mvcc_txn_total", "Total number of txns seen by this member."},
+};
+
+struct gauge_def {
+  const char *name;
+  const char *help;
+};
+
+static const struct gauge_def gauge_defs[METRIC_GAUGE__COUNT] = {
+    [METRIC_GAUGE_PROPOSALS_PENDING] = {"etcd_server_proposals_pending",
+                                        "The current number of pending proposals to commit."},
 };
 
 struct metrics {
@@ -93,6 +108,7 @@ struct metrics {
   uint64_t other[METRICS_CODES]; /* methods beyond METRICS_METHODS_MAX */
   struct hist hists[METRIC_HIST__COUNT];
   uint64_t counters[METRIC_COUNTER__COUNT];
+  int64_t gauges[METRIC_GAUGE__COUNT];
   double start_time_s; /* wall clock at metrics_init */
 };
 
@@ -188,6 +204,23 @@ void metrics_inc(struct metrics *m, enum metric_counter which) {
   }
   CAIRN_ASSERT((unsigned)which < METRIC_COUNTER__COUNT);
   m->counters[which]++;
+}
+
+void metrics_add(struct metrics *m, enum metric_counter which, uint64_t n) {
+  if (m == NULL) {
+    return;
+  }
+  CAIRN_ASSERT((unsigned)which < METRIC_COUNTER__COUNT);
+  m->counters[which] += n;
+}
+
+void metrics_gauge_add(struct metrics *m, enum metric_gauge which, int64_t delta) {
+  if (m == NULL) {
+    return;
+  }
+  CAIRN_ASSERT((unsigned)which < METRIC_GAUGE__COUNT);
+  m->gauges[which] += delta;
+  CAIRN_ASSERT(m->gauges[which] >= 0);
 }
 
 uint64_t metrics_counter(const struct metrics *m, enum metric_counter which) {
@@ -467,6 +500,9 @@ int metrics_render(struct server *s, char **out, size_t *len) {
                "Whether the NOSPACE alarm is raised. 1 if it is, 0 otherwise.", s->alarm_nospace);
   for (unsigned i = 0; i < METRIC_COUNTER__COUNT; i++) {
     tb_counter_u64(&b, counter_defs[i].name, counter_defs[i].help, m->counters[i]);
+  }
+  for (unsigned i = 0; i < METRIC_GAUGE__COUNT; i++) {
+    tb_gauge_u64(&b, gauge_defs[i].name, gauge_defs[i].help, (uint64_t)m->gauges[i]);
   }
 
   /* Store. */

@@ -56,7 +56,22 @@ enum metric_counter {
   METRIC_HEALTH_SUCCESS,       /* etcd_server_health_success (GET /health) */
   METRIC_HEALTH_FAILURES,      /* etcd_server_health_failures */
   METRIC_SNAPSHOTS_SENT,       /* cairn_maintenance_snapshots_sent_total */
+  /* Store operations, as etcd counts them in its store: each put and
+   * delete (a txn's included), each range, each txn. The apply path or the
+   * KV service counts them (metrics_add for a txn's ops). */
+  METRIC_MVCC_RANGE,  /* etcd_mvcc_range_total */
+  METRIC_MVCC_PUT,    /* etcd_mvcc_put_total */
+  METRIC_MVCC_DELETE, /* etcd_mvcc_delete_total */
+  METRIC_MVCC_TXN,    /* etcd_mvcc_txn_total */
   METRIC_COUNTER__COUNT
+};
+
+/* Gauges that modules keep up to date (the others are read at render). */
+enum metric_gauge {
+  /* etcd_server_proposals_pending: proposals made and not yet called back
+   * (server_propose: +1 on a 0 return, -1 in the callback). */
+  METRIC_GAUGE_PROPOSALS_PENDING = 0,
+  METRIC_GAUGE__COUNT
 };
 
 /* Distinct gRPC methods counted; a method beyond the bound is counted under
@@ -84,8 +99,12 @@ void metrics_count_request(struct metrics *m, const char *method, int code);
  * histogram. */
 void metrics_observe(struct metrics *m, enum metric_hist which, double seconds);
 
-/* Adds 1 to a counter. */
+/* Adds 1 (metrics_inc) or n to a counter. */
 void metrics_inc(struct metrics *m, enum metric_counter which);
+void metrics_add(struct metrics *m, enum metric_counter which, uint64_t n);
+
+/* Moves a gauge by delta (a gauge never goes below 0: asserted). */
+void metrics_gauge_add(struct metrics *m, enum metric_gauge which, int64_t delta);
 
 /* The current value of a counter (for tests and logs). */
 uint64_t metrics_counter(const struct metrics *m, enum metric_counter which);
