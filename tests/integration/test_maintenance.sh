@@ -197,13 +197,13 @@ assert_eq 404 "$HTTP_CODE" "GET /no/such/path"
 it_case "grpc.health.v1.Health/Check: SERVING for \"\", NOT_FOUND for another service"
 grpc /grpc.health.v1.Health/Check ""
 assert_eq 'OK {"1": 1}' "$(it_out)" "Health/Check"
-grpc /grpc.health.v1.Health/Check "$(printf '\x0a\x03foo' | xxd -p)"
+grpc /grpc.health.v1.Health/Check 0a03666f6f # service "foo"
 assert_eq "NOT_FOUND unknown service" "$(it_out)" "Health/Check of service foo"
 
 # ---------------------------------------------------------------- Auth, MoveLeader
 
 it_case "Auth: authentication is not enabled; etcdctl --user then works without a token"
-grpc /etcdserverpb.Auth/Authenticate "$(printf '\x0a\x04root\x12\x02pw' | xxd -p)"
+grpc /etcdserverpb.Auth/Authenticate 0a04726f6f7412027077 # name "root", password "pw"
 assert_eq "FAILED_PRECONDITION etcdserver: authentication is not enabled" "$(it_out)" \
   "Authenticate"
 ctl_ok --user=root:pw put auth-probe v <<<"OK"
