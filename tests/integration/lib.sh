@@ -45,6 +45,8 @@ IT_PIDS=()     # every background process started through it_bg or the server he
 IT_SRV_PID=""  # the running server, if any
 
 export ETCDCTL_API=3
+# Every client talks to 127.0.0.1: no proxy, whatever the environment says.
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY grpc_proxy all_proxy ALL_PROXY
 
 case "$IT_SERVER" in
   cairn)

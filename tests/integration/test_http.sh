@@ -13,7 +13,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" "$@"
 command -v curl >/dev/null || it_fail "curl is missing (apt-get install curl)"
 seed=${CAIRN_TEST_SEED:-$(((RANDOM << 15) | RANDOM))}
 echo "seed: $seed (CAIRN_TEST_SEED=$seed repeats this run)"
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY grpc_proxy all_proxy ALL_PROXY
 
 # http METHOD PATH: body in $IT_TMP/out, "code content-type" in $IT_TMP/meta
 http() {

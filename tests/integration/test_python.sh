@@ -14,9 +14,7 @@ it_case "start a fresh single-member server"
 it_server_up
 
 it_case "python_client.py"
-# grpcio must not try a proxy for 127.0.0.1, whatever the environment says.
-env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u grpc_proxy \
-  timeout 300 "$IT_PYTHON" "$IT_DIR/python_client.py" "$IT_ENDPOINT" "$IT_NAME" "$@"
+timeout 300 "$IT_PYTHON" "$IT_DIR/python_client.py" "$IT_ENDPOINT" "$IT_NAME" "$@"
 rc=$?
 if [[ $rc -eq 124 ]]; then
   it_fail "python_client.py did not finish within 300 s"
