@@ -8,7 +8,14 @@
 #include <string.h>
 
 #include "common/cairn_assert.h"
+#include "server/metrics.h"
 #include "server/server.h"
+
+#define PATH_RANGE "/etcdserverpb.KV/Range"
+#define PATH_PUT "/etcdserverpb.KV/Put"
+#define PATH_DELETE "/etcdserverpb.KV/DeleteRange"
+#define PATH_TXN "/etcdserverpb.KV/Txn"
+#define PATH_COMPACT "/etcdserverpb.KV/Compact"
 
 /* ---- protobuf -> storage -------------------------------------------------- */
 
@@ -299,10 +306,12 @@ struct compact_waiter {
 static struct compact_waiter waiters[COMPACT_WAITERS_MAX];
 static size_t n_waiters;
 
+static void kv_reply(struct server *s, const char *path, grpc_call *call,
+                     const ProtobufCMessage *msg);
+
 static int compaction_wait(struct server *s, grpc_call *call, const ProtobufCMessage *reply) {
-  (void)s;
   if (n_waiters == COMPACT_WAITERS_MAX) {
-    server_reply(call, reply);
+    kv_reply(s, PATH_COMPACT, call, reply);
     return 0;
   }
   size_t n = protobuf_c_message_get_packed_size(reply);
@@ -315,9 +324,10 @@ static int compaction_wait(struct server *s, grpc_call *call, const ProtobufCMes
   return 0;
 }
 
-static void compaction_release(void) {
+static void compaction_release(struct server *s) {
   for (size_t i = 0; i < n_waiters; i++) {
     if (grpc_call_send(waiters[i].call, waiters[i].reply, waiters[i].reply_len) == 0) {
+      metrics_count_request(s->metrics, PATH_COMPACT, GRPC_OK);
       grpc_call_finish(waiters[i].call, GRPC_OK, NULL);
     }
     free(waiters[i].reply);
@@ -327,11 +337,29 @@ static void compaction_release(void) {
 
 /* ---- the calls ------------------------------------------------------------ */
 
+
+/* Every finished call is counted for /metrics. */
+static void kv_reply(struct server *s, const char *path, grpc_call *call,
+                     const ProtobufCMessage *msg) {
+  metrics_count_request(s->metrics, path, GRPC_OK);
+  server_reply(call, msg);
+}
+
+static void kv_fail(struct server *s, const char *path, grpc_call *call, int err) {
+  metrics_count_request(s->metrics, path, cairn_grpc_code(err));
+  server_fail(call, err);
+}
+
+static void kv_bad_request(struct server *s, const char *path, grpc_call *call) {
+  metrics_count_request(s->metrics, path, GRPC_INTERNAL);
+  grpc_call_finish(call, GRPC_INTERNAL, "grpc: error unmarshalling request");
+}
+
 static void kv_range(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
   struct server *s = ctx;
   Etcdserverpb__RangeRequest *req = etcdserverpb__range_request__unpack(NULL, len, msg);
   if (req == NULL) {
-    grpc_call_finish(call, GRPC_INTERNAL, "grpc: error unmarshalling request");
+    kv_bad_request(s, PATH_RANGE, call);
     return;
   }
   struct mvcc_range_req q;
@@ -339,15 +367,16 @@ static void kv_range(grpc_call *call, const uint8_t *msg, size_t len, void *ctx)
   struct mvcc_result res;
   int rc = mvcc_range(s->store, &q, &res);
   if (rc != 0) {
-    server_fail(call, rc);
+    kv_fail(s, PATH_RANGE, call, rc);
   } else {
     struct scratch sc = {0};
     Etcdserverpb__RangeResponse out;
     rc = range_to_pb(s, &res.u.range, &sc, &out, true);
     if (rc == 0) {
-      server_reply(call, &out.base);
+      metrics_inc(s->metrics, METRIC_MVCC_RANGE);
+      kv_reply(s, PATH_RANGE, call, &out.base);
     } else {
-      server_fail(call, rc);
+      kv_fail(s, PATH_RANGE, call, rc);
     }
     scratch_free(&sc);
   }
@@ -392,6 +421,7 @@ enum write_kind { WRITE_PUT, WRITE_DELETE, WRITE_TXN, WRITE_COMPACT };
 
 struct pending_write {
   grpc_call *call;
+  const char *path;
   enum write_kind kind;
   bool physical;
   bool cancelled;
@@ -408,37 +438,40 @@ static void on_written(struct server *s, void *data, int status, struct mvcc_res
   }
   grpc_call_set_user(w->call, NULL);
   if (status != 0) {
-    server_fail(w->call, status);
+    kv_fail(s, w->path, w->call, status);
     free(w);
     return;
   }
   if (res->err != 0) {
-    server_fail(w->call, res->err);
+    kv_fail(s, w->path, w->call, res->err);
   } else {
     struct scratch sc = {0};
     int rc = 0;
     switch (w->kind) {
       case WRITE_PUT: {
+        metrics_inc(s->metrics, METRIC_MVCC_PUT);
         Etcdserverpb__PutResponse out;
         rc = put_to_pb(s, &res->u.put, &sc, &out);
         if (rc == 0) {
-          server_reply(w->call, &out.base);
+          kv_reply(s, w->path, w->call, &out.base);
         }
         break;
       }
       case WRITE_DELETE: {
+        metrics_inc(s->metrics, METRIC_MVCC_DELETE);
         Etcdserverpb__DeleteRangeResponse out;
         rc = delete_to_pb(s, &res->u.del, &sc, &out);
         if (rc == 0) {
-          server_reply(w->call, &out.base);
+          kv_reply(s, w->path, w->call, &out.base);
         }
         break;
       }
       case WRITE_TXN: {
+        metrics_inc(s->metrics, METRIC_MVCC_TXN);
         Etcdserverpb__TxnResponse out;
         rc = txn_to_pb(s, &res->u.txn, &sc, &out, true);
         if (rc == 0) {
-          server_reply(w->call, &out.base);
+          kv_reply(s, w->path, w->call, &out.base);
         }
         break;
       }
@@ -452,13 +485,13 @@ static void on_written(struct server *s, void *data, int status, struct mvcc_res
           /* physical: answered when the compaction steps are done. */
           rc = compaction_wait(s, w->call, &out.base);
         } else if (rc == 0) {
-          server_reply(w->call, &out.base);
+          kv_reply(s, w->path, w->call, &out.base);
         }
         break;
       }
     }
     if (rc != 0) {
-      server_fail(w->call, rc);
+      kv_fail(s, w->path, w->call, rc);
     }
     scratch_free(&sc);
   }
@@ -481,22 +514,26 @@ static void kv_write_close(grpc_call *call, void *ctx) {
   }
 }
 
+static const char *const kind_path[] = {PATH_PUT, PATH_DELETE, PATH_TXN, PATH_COMPACT};
+
 static void propose_write(struct server *s, grpc_call *call, const struct mvcc_op *op,
                           enum write_kind kind, bool physical) {
+  const char *path = kind_path[kind];
   int rc = mvcc_check_op(s->store, op);
   if (rc == 0 && s->alarm_nospace && adds_data(op)) {
     rc = CAIRN_ENOSPACE;
   }
   if (rc != 0) {
-    server_fail(call, rc);
+    kv_fail(s, path, call, rc);
     return;
   }
   struct pending_write *w = calloc(1, sizeof *w);
   if (w == NULL) {
-    server_fail(call, CAIRN_ENOMEM);
+    kv_fail(s, path, call, CAIRN_ENOMEM);
     return;
   }
   w->call = call;
+  w->path = path;
   w->kind = kind;
   w->physical = physical;
   grpc_call_set_user(call, w);
@@ -504,14 +541,14 @@ static void propose_write(struct server *s, grpc_call *call, const struct mvcc_o
   if (rc != 0) {
     grpc_call_set_user(call, NULL);
     free(w);
-    server_fail(call, rc);
+    kv_fail(s, path, call, rc);
   }
 }
 
 static void kv_put(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
   Etcdserverpb__PutRequest *req = etcdserverpb__put_request__unpack(NULL, len, msg);
   if (req == NULL) {
-    grpc_call_finish(call, GRPC_INTERNAL, "grpc: error unmarshalling request");
+    kv_bad_request(ctx, PATH_PUT, call);
     return;
   }
   struct mvcc_op op = {.type = MVCC_OP_PUT};
@@ -524,7 +561,7 @@ static void kv_delete(grpc_call *call, const uint8_t *msg, size_t len, void *ctx
   Etcdserverpb__DeleteRangeRequest *req =
       etcdserverpb__delete_range_request__unpack(NULL, len, msg);
   if (req == NULL) {
-    grpc_call_finish(call, GRPC_INTERNAL, "grpc: error unmarshalling request");
+    kv_bad_request(ctx, PATH_DELETE, call);
     return;
   }
   struct mvcc_op op = {.type = MVCC_OP_DELETE};
@@ -552,14 +589,14 @@ static void kv_txn(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
   struct server *s = ctx;
   Etcdserverpb__TxnRequest *req = etcdserverpb__txn_request__unpack(NULL, len, msg);
   if (req == NULL) {
-    grpc_call_finish(call, GRPC_INTERNAL, "grpc: error unmarshalling request");
+    kv_bad_request(s, PATH_TXN, call);
     return;
   }
   struct scratch sc = {0};
   struct mvcc_op op = {.type = MVCC_OP_TXN};
   int rc = txn_from_pb(req, &sc, &op.u.txn, 0);
   if (rc != 0) {
-    server_fail(call, rc);
+    kv_fail(s, PATH_TXN, call, rc);
   } else if (!txn_has_writes(op.u.txn.success, op.u.txn.n_success) &&
              !txn_has_writes(op.u.txn.failure, op.u.txn.n_failure)) {
     /* Read-only: applied on a batch of its own (no revision, no log entry). */
@@ -573,15 +610,16 @@ static void kv_txn(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
       rc = res.err;
     }
     if (rc != 0) {
-      server_fail(call, rc);
+      kv_fail(s, PATH_TXN, call, rc);
     } else {
       struct scratch out_sc = {0};
       Etcdserverpb__TxnResponse out;
       rc = txn_to_pb(s, &res.u.txn, &out_sc, &out, true);
       if (rc == 0) {
-        server_reply(call, &out.base);
+        metrics_inc(s->metrics, METRIC_MVCC_TXN);
+        kv_reply(s, PATH_TXN, call, &out.base);
       } else {
-        server_fail(call, rc);
+        kv_fail(s, PATH_TXN, call, rc);
       }
       scratch_free(&out_sc);
     }
@@ -596,7 +634,7 @@ static void kv_txn(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
 static void kv_compact(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
   Etcdserverpb__CompactionRequest *req = etcdserverpb__compaction_request__unpack(NULL, len, msg);
   if (req == NULL) {
-    grpc_call_finish(call, GRPC_INTERNAL, "grpc: error unmarshalling request");
+    kv_bad_request(ctx, PATH_COMPACT, call);
     return;
   }
   struct mvcc_op op = {.type = MVCC_OP_COMPACT, .u.compact_revision = req->revision};
@@ -622,7 +660,7 @@ static void on_compact_idle(uv_idle_t *h) {
   }
   if (rc != 0 || done || s->stopping) {
     uv_idle_stop(h);
-    compaction_release();
+    compaction_release(s);
   }
 }
 
@@ -637,11 +675,11 @@ void server_compaction_kick(struct server *s) {
 
 int kv_service_init(struct server *s) {
   struct grpc_method methods[] = {
-      {"/etcdserverpb.KV/Range", GRPC_METHOD_UNARY, kv_range, NULL, NULL, s},
-      {"/etcdserverpb.KV/Put", GRPC_METHOD_UNARY, kv_put, NULL, kv_write_close, s},
-      {"/etcdserverpb.KV/DeleteRange", GRPC_METHOD_UNARY, kv_delete, NULL, kv_write_close, s},
-      {"/etcdserverpb.KV/Txn", GRPC_METHOD_UNARY, kv_txn, NULL, kv_write_close, s},
-      {"/etcdserverpb.KV/Compact", GRPC_METHOD_UNARY, kv_compact, NULL, kv_write_close, s},
+      {PATH_RANGE, GRPC_METHOD_UNARY, kv_range, NULL, NULL, s},
+      {PATH_PUT, GRPC_METHOD_UNARY, kv_put, NULL, kv_write_close, s},
+      {PATH_DELETE, GRPC_METHOD_UNARY, kv_delete, NULL, kv_write_close, s},
+      {PATH_TXN, GRPC_METHOD_UNARY, kv_txn, NULL, kv_write_close, s},
+      {PATH_COMPACT, GRPC_METHOD_UNARY, kv_compact, NULL, kv_write_close, s},
   };
   /* Resume a compaction a restart interrupted. */
   server_compaction_kick(s);

@@ -8,10 +8,11 @@
 #include <sys/stat.h>
 
 #include "common/cairn_assert.h"
+#include "server/lessor.h"
+#include "server/metrics.h"
 #include "server/server.h"
+#include "server/watch_hub.h"
 #include "storage/checkpoint.h"
-
-int metrics_init(struct server *s);
 
 /* The store is synced (a checkpoint) this often, so that the raft log behind
  * it can be truncated and a machine crash loses at most this much of the
@@ -25,6 +26,7 @@ static struct server srv;
 static uv_signal_t sig_term, sig_int;
 static uv_timer_t checkpoint_timer, compaction_timer;
 static bool checkpoint_running;
+static uint64_t checkpoint_started_ns;
 
 struct compaction_sample {
   uint64_t at_ms;
@@ -51,6 +53,8 @@ static int mkdir_p(const char *path) {
 static void on_checkpoint(void *data, int status, uint64_t index, int64_t revision) {
   (void)data;
   checkpoint_running = false;
+  metrics_observe(srv.metrics, METRIC_HIST_BACKEND_COMMIT,
+                  (double)(uv_hrtime() - checkpoint_started_ns) / 1e9);
   if (status != 0) {
     server_log(LOG_ERROR, "checkpoint failed: %s", cairn_strerror(status));
     return;
@@ -64,6 +68,7 @@ static void on_checkpoint_timer(uv_timer_t *t) {
   if (checkpoint_running || srv.stopping) {
     return;
   }
+  checkpoint_started_ns = uv_hrtime();
   if (checkpoint_start(srv.store, srv.fio, NULL, on_checkpoint) == 0) {
     checkpoint_running = true;
   }
@@ -127,14 +132,26 @@ static void on_closed_all(void *data) {
   uv_stop(srv.loop);
 }
 
+/* Shutdown order: the gRPC server (no new calls), the maintenance service
+ * (exports reading the store), raft (in-flight proposals answered), the
+ * lessor and the watch hub, file I/O (checkpoints), then the store. */
 static void on_raft_stopped(void *data) {
   (void)data;
+  lessor_close(srv.lessor);
+  srv.lessor = NULL;
+  watch_hub_close(srv.watch);
+  srv.watch = NULL;
   fileio_close(srv.fio, on_closed_all, NULL);
+}
+
+static void on_maintenance_stopped(void *data) {
+  (void)data;
+  raftnode_stop(srv.raft, on_raft_stopped, NULL);
 }
 
 static void on_grpc_closed(void *data) {
   (void)data;
-  raftnode_stop(srv.raft, on_raft_stopped, NULL);
+  maintenance_service_stop(&srv, on_maintenance_stopped, NULL);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -266,6 +283,7 @@ int main(int argc, char **argv) {
   }
   uv_run(srv.loop, UV_RUN_DEFAULT);
   mvcc_close(srv.store);
+  metrics_close(&srv);
   server_log(LOG_INFO, "stopped");
   return 0;
 }

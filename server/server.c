@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "common/cairn_assert.h"
+#include "server/metrics.h"
 
 /* ---- logging -------------------------------------------------------------- */
 
@@ -120,6 +121,10 @@ struct proposal {
 static void on_proposed(void *data, int status, struct mvcc_result *result) {
   struct proposal *p = data;
   struct server *s = p->s;
+  metrics_gauge_add(s->metrics, METRIC_GAUGE_PROPOSALS_PENDING, -1);
+  if (status != 0) {
+    metrics_inc(s->metrics, METRIC_PROPOSALS_FAILED);
+  }
   if (status == 0 && result != NULL && result->err == CAIRN_ENOSPACE && !s->alarm_nospace) {
     struct raftnode_status st;
     raftnode_status(s->raft, &st);
@@ -145,8 +150,11 @@ int server_propose(struct server *s, const struct mvcc_op *op, void *data, serve
   int rc = raftnode_propose(s->raft, op, p, on_proposed);
   if (rc != 0) {
     free(p);
+    metrics_inc(s->metrics, METRIC_PROPOSALS_FAILED);
+    return rc;
   }
-  return rc;
+  metrics_gauge_add(s->metrics, METRIC_GAUGE_PROPOSALS_PENDING, 1);
+  return 0;
 }
 
 /* ---- scratch memory -------------------------------------------------------- */

@@ -85,6 +85,9 @@ int maintenance_service_init(struct server *s);
 int cluster_service_init(struct server *s);
 int auth_service_init(struct server *s);
 int health_service_init(struct server *s);
+/* Shutdown of the maintenance service: waits for exports reading the store
+ * (maintenance_service.c). */
+void maintenance_service_stop(struct server *s, void (*done)(void *data), void *data);
 /* HTTP/1.1 endpoints: /health, /version, /metrics. */
 int http_endpoints_init(struct server *s);
 
