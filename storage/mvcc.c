@@ -668,6 +668,11 @@ int mvcc_size(mvcc_store *s, uint64_t *db_size, uint64_t *in_use) {
     }
     ctx_read_end(s, &c);
     *in_use = pages * psize;
+    /* The estimate counts roots that a compact copy may not have written. */
+    uint64_t file = ((uint64_t)info.me_last_pgno + 1) * psize;
+    if (*in_use > file) {
+      *in_use = file;
+    }
   }
   return rc;
 }
