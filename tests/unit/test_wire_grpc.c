@@ -43,6 +43,7 @@ struct echo_stats {
   int chat_half_closes;
   int sleep_cut; /* sleep calls whose on_close came before their timer */
   int live;      /* calls between their first callback and on_close */
+  int ebusy;     /* sends refused by the send-queue bound */
 };
 
 struct env {
@@ -189,6 +190,7 @@ static void count_pump(grpc_call *call, void *data) {
     int rc = grpc_call_send(call, buf, cs->size);
     if (rc == CAIRN_EBUSY) {
       CHECK(grpc_call_queued_bytes(call) > 0);
+      cs->env->st.ebusy++;
       grpc_call_on_writable(call, count_pump, cs);
       free(buf);
       return;
@@ -377,6 +379,7 @@ static void test_python_plain(void) {
   CHECK_EQ_INT(env.exit_status, 0);
   CHECK(env.st.count_closes >= 2);
   CHECK(env.st.chat_half_closes >= 2);
+  CHECK(env.st.ebusy > 0); /* the 10 MiB stream met the send-queue bound */
   free(script);
   env_finish(&env);
 }
@@ -687,9 +690,11 @@ static bool is_eof(struct raw *r, int32_t unused) {
 }
 
 /* Submits a gRPC request; body NULL: headers only, stream left open. */
+static const char *raw_extra_name, *raw_extra_value; /* one more header, or NULL */
+
 static int32_t raw_request(struct raw *r, const char *path, const char *ct, const char *timeout,
                            const uint8_t *body, size_t body_len) {
-  nghttp2_nv nva[8];
+  nghttp2_nv nva[9];
   size_t n = 0;
 #define NV(a, b) \
   (nghttp2_nv){(uint8_t *)(a), (uint8_t *)(b), strlen(a), strlen(b), NGHTTP2_NV_FLAG_NONE}
@@ -701,6 +706,9 @@ static int32_t raw_request(struct raw *r, const char *path, const char *ct, cons
   nva[n++] = NV("te", "trailers");
   if (timeout) {
     nva[n++] = NV("grpc-timeout", timeout);
+  }
+  if (raw_extra_name) {
+    nva[n++] = NV(raw_extra_name, raw_extra_value);
   }
 #undef NV
   if (!body) {
@@ -811,6 +819,22 @@ static void *raw_thread(void *arg) {
   CHECK(raw_pump(r, stream_closed, id, 5000));
   CHECK_EQ_INT(raw_st(r, id)->grpc_status, GRPC_INTERNAL);
   printf("    ok: two messages on a unary call: INTERNAL\n");
+
+  /* Request headers over GRPC_HEADER_BYTES_MAX: the stream is reset. */
+  char *big = malloc(GRPC_HEADER_BYTES_MAX + 1);
+  CHECK(big != NULL);
+  memset(big, 'h', GRPC_HEADER_BYTES_MAX);
+  big[GRPC_HEADER_BYTES_MAX] = '\0';
+  raw_extra_name = "x-big";
+  raw_extra_value = big;
+  grpc_frame(msg, 0, "hi");
+  id = raw_request(r, "/test.Echo/Say", "application/grpc", NULL, msg, 7);
+  raw_extra_name = NULL;
+  CHECK(raw_pump(r, stream_closed, id, 5000));
+  CHECK(raw_st(r, id)->close_code != 0);
+  CHECK_EQ_INT(raw_st(r, id)->grpc_status, -1);
+  free(big);
+  printf("    ok: request headers over the bound: RST_STREAM(%u)\n", raw_st(r, id)->close_code);
 
   /* RST_STREAM on a stream already closed, then the connection still works. */
   uint8_t rst[13] = {0, 0, 4, NGHTTP2_RST_STREAM, 0, 0, 0, 0, 1, 0, 0, 0, NGHTTP2_CANCEL};
