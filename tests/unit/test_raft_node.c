@@ -933,6 +933,40 @@ static void test_cluster3(void) {
   cluster_close(&c);
 }
 
+/* A leader without quorum is stopped with proposals raft still holds: the
+ * stop's wait ends at the request timeout, raft_close settles them, every
+ * proposer hears back before closed_cb. */
+static void test_stop_without_quorum(void) {
+  struct cluster c;
+  cluster_init(&c, 3);
+  c.opts.election_ms = 1000; /* no step-down during the test */
+  c.opts.request_timeout_ms = 150;
+  for (size_t i = 0; i < 3; i++) {
+    CHECK_OK(member_start(&c, i));
+  }
+  CHECK(run_until(&c.loop, has_leader, &c, 15000));
+  int l = leader_of(&c);
+  for (size_t i = 0; i < 3; i++) {
+    if ((int)i != l) {
+      member_stop(&c, i, false);
+    }
+  }
+  struct waiter w[10];
+  memset(w, 0, sizeof w);
+  for (size_t i = 0; i < 10; i++) {
+    struct mvcc_op op = put_op("nq", "x", 0);
+    CHECK_OK(raftnode_propose(c.m[l].node, &op, &w[i], on_proposed));
+  }
+  uint64_t t0 = now_ms();
+  member_stop(&c, (size_t)l, false);
+  printf("    stopped in %" PRIu64 " ms\n", now_ms() - t0);
+  for (size_t i = 0; i < 10; i++) {
+    CHECK(w[i].done);
+    CHECK(w[i].status == CAIRN_ETIMEOUT || w[i].status == CAIRN_ESTOPPED);
+  }
+  cluster_close(&c);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN); /* the daemon's job too: raft and libuv do not */
   test_seed("test_raft_node");
@@ -945,6 +979,7 @@ int main(void) {
   TEST_RUN(test_kill9);
   TEST_RUN(test_start_refusals);
   TEST_RUN(test_cluster3);
+  TEST_RUN(test_stop_without_quorum);
   printf("ok\n");
   return 0;
 }
