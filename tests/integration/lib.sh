@@ -79,6 +79,20 @@ done
 
 IT_TMP=$(mktemp -d "${TMPDIR:-/tmp}/cairn-it-${IT_SCRIPT}.XXXXXX")
 
+# The test runs its own copy of the daemon: a rebuild while it runs (which
+# truncates and relinks build/cairn) must not break a restart half-way.
+if [[ "$IT_SERVER" == cairn ]]; then
+  cp "$IT_SERVER_BIN" "$IT_TMP/cairn" || {
+    echo "FAIL: $IT_SCRIPT: cannot copy $IT_SERVER_BIN" >&2
+    exit 1
+  }
+  [[ -s "$IT_TMP/cairn" ]] || {
+    echo "FAIL: $IT_SCRIPT: $IT_SERVER_BIN is empty (being rebuilt?)" >&2
+    exit 1
+  }
+  IT_SERVER_BIN="$IT_TMP/cairn"
+fi
+
 # ---------------------------------------------------------------- cleanup
 
 # Every background process runs under setsid, in a process group of its own
