@@ -379,7 +379,7 @@ static void test_python_plain(void) {
   CHECK_EQ_INT(env.exit_status, 0);
   CHECK(env.st.count_closes >= 2);
   CHECK(env.st.chat_half_closes >= 2);
-  CHECK(env.st.ebusy > 0); /* the 10 MiB stream met the send-queue bound */
+  CHECK(env.st.ebusy > 0); /* a server stream met the send-queue bound */
   free(script);
   env_finish(&env);
 }
