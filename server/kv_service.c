@@ -170,6 +170,8 @@ static Mvccpb__KeyValue **kvs_to_pb(const struct mvcc_kv *kvs, size_t n, struct 
   return ptrs;
 }
 
+/* A response header: full at the top of a response; inside a Txn etcd fills
+ * the revision only (s NULL). */
 static Etcdserverpb__ResponseHeader *header_at(struct server *s, struct scratch *sc,
                                                int64_t revision) {
   Etcdserverpb__ResponseHeader *h = scratch_alloc(sc, sizeof *h);
@@ -177,7 +179,9 @@ static Etcdserverpb__ResponseHeader *header_at(struct server *s, struct scratch 
     return NULL;
   }
   etcdserverpb__response_header__init(h);
-  server_header(s, h);
+  if (s != NULL) {
+    server_header(s, h);
+  }
   h->revision = revision;
   return h;
 }
@@ -260,25 +264,25 @@ static int txn_to_pb(struct server *s, const struct mvcc_txn_resp *r, struct scr
       case MVCC_REQUEST_RANGE:
         po->response_case = ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_RANGE;
         po->response_range = scratch_alloc(sc, sizeof *po->response_range);
-        rc = po->response_range ? range_to_pb(s, &ro->u.range, sc, po->response_range, true)
+        rc = po->response_range ? range_to_pb(NULL, &ro->u.range, sc, po->response_range, true)
                                 : CAIRN_ENOMEM;
         break;
       case MVCC_REQUEST_PUT:
         po->response_case = ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_PUT;
         po->response_put = scratch_alloc(sc, sizeof *po->response_put);
-        rc = po->response_put ? put_to_pb(s, &ro->u.put, sc, po->response_put) : CAIRN_ENOMEM;
+        rc = po->response_put ? put_to_pb(NULL, &ro->u.put, sc, po->response_put) : CAIRN_ENOMEM;
         break;
       case MVCC_REQUEST_DELETE:
         po->response_case = ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_DELETE_RANGE;
         po->response_delete_range = scratch_alloc(sc, sizeof *po->response_delete_range);
         rc = po->response_delete_range
-                 ? delete_to_pb(s, &ro->u.del, sc, po->response_delete_range)
+                 ? delete_to_pb(NULL, &ro->u.del, sc, po->response_delete_range)
                  : CAIRN_ENOMEM;
         break;
       case MVCC_REQUEST_TXN:
         po->response_case = ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_TXN;
         po->response_txn = scratch_alloc(sc, sizeof *po->response_txn);
-        rc = po->response_txn ? txn_to_pb(s, ro->u.txn, sc, po->response_txn, false)
+        rc = po->response_txn ? txn_to_pb(NULL, ro->u.txn, sc, po->response_txn, false)
                               : CAIRN_ENOMEM;
         break;
       default:

@@ -133,19 +133,20 @@ static void on_closed_all(void *data) {
 }
 
 /* Shutdown order: the gRPC server (no new calls), the maintenance service
- * (exports reading the store), raft (in-flight proposals answered), the
- * lessor and the watch hub, file I/O (checkpoints), then the store. */
+ * (exports reading the store), the lessor and the watch hub (they hold
+ * listeners on raft), raft (in-flight proposals answered), file I/O
+ * (checkpoints), then the store. */
 static void on_raft_stopped(void *data) {
   (void)data;
-  lessor_close(srv.lessor);
-  srv.lessor = NULL;
-  watch_hub_close(srv.watch);
-  srv.watch = NULL;
   fileio_close(srv.fio, on_closed_all, NULL);
 }
 
 static void on_maintenance_stopped(void *data) {
   (void)data;
+  lessor_close(srv.lessor);
+  srv.lessor = NULL;
+  watch_hub_close(srv.watch);
+  srv.watch = NULL;
   raftnode_stop(srv.raft, on_raft_stopped, NULL);
 }
 
