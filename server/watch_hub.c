@@ -1467,9 +1467,8 @@ static void on_handle_closed(uv_handle_t *handle) {
 void watch_hub_close(struct watch_hub *h) {
   CAIRN_ASSERT(h->depth == 0);
   h->closing = true;
-  if (h->s->raft != NULL) {
-    raftnode_on_applied(h->s->raft, NULL, NULL);
-  }
+  /* The raft listener is not touched: the node is stopped (and freed)
+   * first, and its listener goes with it (see watch_hub.h). */
   while (h->streams != NULL) {
     struct watch_stream *st = h->streams;
     h->streams = st->next;
