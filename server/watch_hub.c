@@ -1161,8 +1161,8 @@ static bool hub_pump_step(struct watch_hub *h) {
    * compaction removes that revision's deletes; the compactor waits for
    * watch_hub_delivered_revision() to pass it (see watcher_compacted). */
   struct feed_read r;
-  int rc = feed_read(h, ALL_KEYS, ALL_KEYS, h->n_synced_prev_kv > 0, h->pos, INT64_MAX,
-                     &h->batch, &r);
+  int rc =
+      feed_read(h, ALL_KEYS, ALL_KEYS, h->n_synced_prev_kv > 0, h->pos, INT64_MAX, &h->batch, &r);
   if (rc != 0) {
     if (rc != CAIRN_ECOMPACTED) {
       server_log(LOG_ERROR, "watch: reading the change feed at revision %lld: %s",
@@ -1265,8 +1265,8 @@ static void stream_catchup_step(struct watch_stream *st) {
   if (w->frag_open) {
     /* The revision sent in fragments is over if this read holds a later
      * revision or went past it: its last (empty) part goes out first. */
-    bool over = n > 0 ? r.ev[0]->kv.mod_revision > w->frag_rev
-                      : !(r.mid && r.end.rev == w->frag_rev);
+    bool over =
+        n > 0 ? r.ev[0]->kv.mod_revision > w->frag_rev : !(r.mid && r.end.rev == w->frag_rev);
     if (over && send_events(w, NULL, 0, w->frag_rev, false) != 0) {
       feed_read_free(&r);
       return;
@@ -1411,8 +1411,8 @@ static uint64_t progress_interval_ms(void) {
   char *end;
   unsigned long long v = strtoull(env, &end, 10);
   if (*end != '\0' || v == 0) {
-    server_log(LOG_WARN, "CAIRN_WATCH_PROGRESS_INTERVAL_MS=%s is not a number of ms; using %u",
-               env, WATCH_PROGRESS_INTERVAL_MS_DEFAULT);
+    server_log(LOG_WARN, "CAIRN_WATCH_PROGRESS_INTERVAL_MS=%s is not a number of ms; using %u", env,
+               WATCH_PROGRESS_INTERVAL_MS_DEFAULT);
     return WATCH_PROGRESS_INTERVAL_MS_DEFAULT;
   }
   return v < WATCH_PROGRESS_INTERVAL_MS_MIN ? WATCH_PROGRESS_INTERVAL_MS_MIN : v;

@@ -11,7 +11,8 @@
 #include "server/watch_hub.h"
 
 /* grpc-go's text for a request it cannot decode (code INTERNAL). */
-#define WATCH_UNPARSABLE "grpc: error unmarshalling request: proto: cannot parse invalid wire-format data"
+#define WATCH_UNPARSABLE \
+  "grpc: error unmarshalling request: proto: cannot parse invalid wire-format data"
 
 static bool header_true(const grpc_call *call, const char *name) {
   const char *v = grpc_call_header(call, name);
@@ -30,14 +31,14 @@ static void watch_create(struct watch_stream *st, const Etcdserverpb__WatchCreat
   };
   for (size_t i = 0; i < c->n_filters; i++) {
     switch (c->filters[i]) {
-    case ETCDSERVERPB__WATCH_CREATE_REQUEST__FILTER_TYPE__NOPUT:
-      req.no_put = true;
-      break;
-    case ETCDSERVERPB__WATCH_CREATE_REQUEST__FILTER_TYPE__NODELETE:
-      req.no_delete = true;
-      break;
-    default:
-      break; /* etcd ignores unknown filters */
+      case ETCDSERVERPB__WATCH_CREATE_REQUEST__FILTER_TYPE__NOPUT:
+        req.no_put = true;
+        break;
+      case ETCDSERVERPB__WATCH_CREATE_REQUEST__FILTER_TYPE__NODELETE:
+        req.no_delete = true;
+        break;
+      default:
+        break; /* etcd ignores unknown filters */
     }
   }
   watch_hub_create(st, &req);
@@ -66,17 +67,17 @@ static void on_message(grpc_call *call, const uint8_t *msg, size_t len, void *ct
     return;
   }
   switch (req->request_union_case) {
-  case ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_CREATE_REQUEST:
-    watch_create(st, req->create_request);
-    break;
-  case ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_CANCEL_REQUEST:
-    watch_hub_cancel(st, req->cancel_request->watch_id);
-    break;
-  case ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_PROGRESS_REQUEST:
-    watch_hub_progress(st);
-    break;
-  default:
-    break; /* etcd ignores a request with no known member */
+    case ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_CREATE_REQUEST:
+      watch_create(st, req->create_request);
+      break;
+    case ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_CANCEL_REQUEST:
+      watch_hub_cancel(st, req->cancel_request->watch_id);
+      break;
+    case ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_PROGRESS_REQUEST:
+      watch_hub_progress(st);
+      break;
+    default:
+      break; /* etcd ignores a request with no known member */
   }
   etcdserverpb__watch_request__free_unpacked(req, NULL);
 }

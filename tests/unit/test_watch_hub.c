@@ -31,11 +31,11 @@ struct cwatch {
   int64_t compact_rev;
   struct cevent *ev;
   size_t n, cap;
-  int64_t last_rev;      /* revision of the last event of the last whole response */
-  bool frag_open;        /* a fragment=true response came, its end did not */
-  size_t progress;       /* responses without events, not created/canceled */
-  int64_t progress_rev;  /* header revision of the last of those */
-  bool split_allowed;    /* a revision may come in several responses */
+  int64_t last_rev;     /* revision of the last event of the last whole response */
+  bool frag_open;       /* a fragment=true response came, its end did not */
+  size_t progress;      /* responses without events, not created/canceled */
+  int64_t progress_rev; /* header revision of the last of those */
+  bool split_allowed;   /* a revision may come in several responses */
 };
 
 struct fmsg {
@@ -237,7 +237,8 @@ static struct mvcc_bytes S(const char *s) {
   return (struct mvcc_bytes){(const uint8_t *)s, strlen(s)};
 }
 
-static void put(const char *k, const char *v) {
+static void
+put(const char *k, const char *v) {
   struct mvcc_op op = {.type = MVCC_OP_PUT};
   op.u.put.key = S(k);
   op.u.put.value = S(v);
@@ -247,7 +248,7 @@ static void put(const char *k, const char *v) {
 /* n puts, one revision each, in one batch. */
 static void put_many(const char *prefix, size_t n, size_t vlen) {
   struct mvcc_op *ops = calloc(n, sizeof *ops);
-  char (*keys)[64] = calloc(n, 64);
+  char(*keys)[64] = calloc(n, 64);
   char *val = malloc(vlen + 1);
   CHECK(ops && keys && val);
   memset(val, 'v', vlen);
@@ -444,8 +445,8 @@ static void handle_response(grpc_call *c, const Etcdserverpb__WatchResponse *r) 
     return;
   }
   struct cwatch *w = cw_find(c, r->watch_id);
-  CHECK(w != NULL);      /* no event before the created reply */
-  CHECK(!w->canceled);   /* nothing after the canceled reply */
+  CHECK(w != NULL);    /* no event before the created reply */
+  CHECK(!w->canceled); /* nothing after the canceled reply */
   if (r->canceled) {
     CHECK(r->n_events == 0);
     w->canceled = true;
@@ -665,7 +666,7 @@ static void test_index(void) {
   struct watch_hub h = {.rng = 12345u};
   enum { N = 600 };
   struct watcher *ws = calloc(N, sizeof *ws);
-  uint8_t (*kb)[8] = calloc(N, 8);
+  uint8_t(*kb)[8] = calloc(N, 8);
   bool *in = calloc(N, sizeof *in);
   CHECK(ws && kb && in);
   struct watcher *root = NULL;
@@ -684,17 +685,17 @@ static void test_index(void) {
     w->key = kb[i];
     w->key_len = kl;
     switch (test_rand_below(3)) {
-    case 0: /* single key */
-      kb[i][kl] = 0;
-      w->iend = kb[i];
-      w->iend_len = kl + 1;
-      break;
-    case 1: /* range (possibly empty: harmless in the index) */
-      w->iend = kb[i] + 4;
-      w->iend_len = el;
-      break;
-    default:
-      w->iend_inf = true;
+      case 0: /* single key */
+        kb[i][kl] = 0;
+        w->iend = kb[i];
+        w->iend_len = kl + 1;
+        break;
+      case 1: /* range (possibly empty: harmless in the index) */
+        w->iend = kb[i] + 4;
+        w->iend_len = el;
+        break;
+      default:
+        w->iend_inf = true;
     }
   }
   size_t live = 0;
@@ -725,8 +726,8 @@ static void test_index(void) {
     idx_stab(root, k, kl, collect, &hits);
     size_t expect = 0;
     for (size_t j = 0; j < N; j++) {
-      bool holds = in[j] && bytes_cmp(ws[j].key, ws[j].key_len, k, kl) <= 0 &&
-                   key_below_end(k, kl, &ws[j]);
+      bool holds =
+          in[j] && bytes_cmp(ws[j].key, ws[j].key_len, k, kl) <= 0 && key_below_end(k, kl, &ws[j]);
       CHECK(ws[j].touched == holds);
       ws[j].touched = false;
       expect += holds;
@@ -778,8 +779,8 @@ static void test_live(void) {
   for (int i = 0; i < 5; i++) {
     check_events(&c->w[i], q[i], true);
   }
-  CHECK_EQ_INT(c->w[0].n, 3);  /* put a, delete a, txn a */
-  CHECK_EQ_INT(c->w[3].n, 5);  /* deletes only: a, b1 b2 b3 b4 */
+  CHECK_EQ_INT(c->w[0].n, 3); /* put a, delete a, txn a */
+  CHECK_EQ_INT(c->w[3].n, 5); /* deletes only: a, b1 b2 b3 b4 */
   stream_end(c);
   watch_hub_stats(hub, &nwatch, &nstream, &nslow);
   CHECK(nwatch == 0 && nstream == 0);
@@ -792,16 +793,16 @@ static void test_requests(void) {
   grpc_call *c = call_new(1 << 20);
   struct watch_stream *st = stream_new(c);
   put("k", "v");
-  create(st, "k", NULL, 0, 1);   /* client-chosen 1 */
-  create(st, "k", NULL, 0, 0);   /* auto: 0 */
-  create(st, "k", NULL, 0, 0);   /* auto: 2 (1 is taken) */
-  create(st, "k", NULL, 0, 1);   /* duplicate */
+  create(st, "k", NULL, 0, 1); /* client-chosen 1 */
+  create(st, "k", NULL, 0, 0); /* auto: 0 */
+  create(st, "k", NULL, 0, 0); /* auto: 2 (1 is taken) */
+  create(st, "k", NULL, 0, 1); /* duplicate */
   client_read(c, 0);
   CHECK_EQ_INT(c->n_created, 3);
   CHECK(c->pending_create[0] == 1 && c->pending_create[1] == 0 && c->pending_create[2] == 2);
   CHECK_EQ_INT(c->n_refused, 1);
   CHECK(strcmp(c->last_reason, WATCH_REASON_DUPLICATE_ID) == 0);
-  create(st, "b", "a", 0, 0);    /* key >= range_end */
+  create(st, "b", "a", 0, 0); /* key >= range_end */
   client_read(c, 0);
   CHECK_EQ_INT(c->n_refused, 2);
   CHECK(strcmp(c->last_reason, WATCH_REASON_EMPTY_RANGE) == 0);
@@ -843,8 +844,8 @@ static void test_history(void) {
   put_many("h/", 300, 10);
   grpc_call *c = call_new(1 << 20);
   struct watch_stream *st = stream_new(c);
-  struct watch_create_req q1 = {.key = S("h/"), .range_end = S("h0"), .start_revision = 10,
-                                .prev_kv = true};
+  struct watch_create_req q1 = {
+      .key = S("h/"), .range_end = S("h0"), .start_revision = 10, .prev_kv = true};
   create_req(st, q1);
   grpc_call *calls[] = {c};
   settle(calls, 1);
@@ -1113,25 +1114,25 @@ static void test_random(void) {
       snprintf(k, sizeof k, "%c%c", (char)('a' + test_rand_below(6)),
                (char)('a' + test_rand_below(6)));
       switch (test_rand_below(10)) {
-      case 0:
-        snprintf(e, sizeof e, "%c", (char)(k[0] + 1));
-        del(k, test_rand_below(2) ? e : NULL);
-        break;
-      case 1: {
-        char k2[8];
-        snprintf(k2, sizeof k2, "%c%c", (char)('a' + test_rand_below(6)), 'z');
-        const char *ks[2] = {k, k2};
-        txn_puts(ks, strcmp(k, k2) ? 2 : 1, "txn");
-        break;
-      }
-      case 2:
-        put_many(k, 1 + test_rand_below(40), 1 + test_rand_below(300));
-        break;
-      default: {
-        char v[16];
-        snprintf(v, sizeof v, "v%d", round);
-        put(k, v);
-      }
+        case 0:
+          snprintf(e, sizeof e, "%c", (char)(k[0] + 1));
+          del(k, test_rand_below(2) ? e : NULL);
+          break;
+        case 1: {
+          char k2[8];
+          snprintf(k2, sizeof k2, "%c%c", (char)('a' + test_rand_below(6)), 'z');
+          const char *ks[2] = {k, k2};
+          txn_puts(ks, strcmp(k, k2) ? 2 : 1, "txn");
+          break;
+        }
+        case 2:
+          put_many(k, 1 + test_rand_below(40), 1 + test_rand_below(300));
+          break;
+        default: {
+          char v[16];
+          snprintf(v, sizeof v, "v%d", round);
+          put(k, v);
+        }
       }
     }
     /* new watchers */
@@ -1142,27 +1143,29 @@ static void test_random(void) {
       struct watch_create_req *q = &w->q;
       q->key = S(w->key);
       switch (test_rand_below(4)) {
-      case 0:
-        snprintf(w->key, sizeof w->key, "%c%c", (char)('a' + test_rand_below(6)),
-                 (char)('a' + test_rand_below(6)));
-        q->key = S(w->key);
-        break;
-      case 1:
-        snprintf(w->end, sizeof w->end, "%c", (char)(w->key[0] + 1 + (int)test_rand_below(2)));
-        q->range_end = S(w->end);
-        break;
-      case 2:
-        q->range_end = (struct mvcc_bytes){KEY_NUL, 1};
-        break;
-      default:
-        q->key = (struct mvcc_bytes){NULL, 0};
-        q->range_end = (struct mvcc_bytes){KEY_NUL, 1};
+        case 0:
+          snprintf(w->key, sizeof w->key, "%c%c", (char)('a' + test_rand_below(6)),
+                   (char)('a' + test_rand_below(6)));
+          q->key = S(w->key);
+          break;
+        case 1:
+          snprintf(w->end, sizeof w->end, "%c", (char)(w->key[0] + 1 + (int)test_rand_below(2)));
+          q->range_end = S(w->end);
+          break;
+        case 2:
+          q->range_end = (struct mvcc_bytes){KEY_NUL, 1};
+          break;
+        default:
+          q->key = (struct mvcc_bytes){NULL, 0};
+          q->range_end = (struct mvcc_bytes){KEY_NUL, 1};
       }
       int64_t cur = mvcc_current_revision(srv.store);
       /* (a start at the compacted revision C itself misses C's deletes, as
        * in etcd: test_history covers it) */
       int64_t lo = max_compacted + 1;
-      q->start_revision = test_rand_below(2) ? cur + 1 : lo + (int64_t)test_rand_below((uint64_t)(cur + 1 - lo) + 1);
+      q->start_revision = test_rand_below(2)
+                              ? cur + 1
+                              : lo + (int64_t)test_rand_below((uint64_t)(cur + 1 - lo) + 1);
       q->prev_kv = test_rand_below(2);
       q->fragment = test_rand_below(4) == 0;
       q->no_put = test_rand_below(8) == 0;
