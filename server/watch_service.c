@@ -10,9 +10,9 @@
 #include "server/server.h"
 #include "server/watch_hub.h"
 
-/* grpc-go's text for a request it cannot decode (code INTERNAL). */
-#define WATCH_UNPARSABLE \
-  "grpc: error unmarshalling request: proto: cannot parse invalid wire-format data"
+/* grpc-go's text for a request it cannot decode (code INTERNAL), as the
+ * other services say it. */
+#define WATCH_UNPARSABLE "grpc: error unmarshalling request"
 
 static bool header_true(const grpc_call *call, const char *name) {
   const char *v = grpc_call_header(call, name);
