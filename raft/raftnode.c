@@ -93,6 +93,11 @@ struct raftnode {
 
   void (*applied_cb)(void *data, int64_t revision);
   void *applied_data;
+  /* The log's appends (write + sync), timed for /metrics. */
+  int (*append)(struct raft_io *io, struct raft_io_append *req, const struct raft_entry entries[],
+                unsigned n, raft_io_append_cb cb);
+  void (*append_cb)(void *data, double seconds);
+  void *append_data;
   bool notify_pending;
   int64_t notify_revision;
 
@@ -337,6 +342,54 @@ int raftnode_propose(raftnode *n, const struct mvcc_op *op, void *data, raftnode
     uv_timer_start(&n->timeout_timer, on_timeout_tick, TIMEOUT_TICK_MS, TIMEOUT_TICK_MS);
   }
   return 0;
+}
+
+/* An append wrapped so that its duration is observed: the backend gets our
+ * request and callback, raft gets its own back. */
+struct timed_append {
+  struct raft_io_append inner;
+  struct raft_io_append *outer;
+  raft_io_append_cb outer_cb;
+  uint64_t start_ns;
+  raftnode *n;
+};
+
+static void timed_append_done(struct raft_io_append *req, int status) {
+  struct timed_append *t = req->data;
+  raftnode *n = t->n;
+  if (status == 0 && n->append_cb != NULL) {
+    n->append_cb(n->append_data, (double)(uv_hrtime() - t->start_ns) / 1e9);
+  }
+  struct raft_io_append *outer = t->outer;
+  raft_io_append_cb cb = t->outer_cb;
+  free(t);
+  cb(outer, status);
+}
+
+static int timed_append(struct raft_io *io, struct raft_io_append *req,
+                        const struct raft_entry entries[], unsigned count, raft_io_append_cb cb) {
+  struct raft *r = io->data;
+  raftnode *n = r->data;
+  struct timed_append *t = malloc(sizeof *t);
+  if (t == NULL) {
+    return RAFT_NOMEM;
+  }
+  t->inner.data = t;
+  t->outer = req;
+  t->outer_cb = cb;
+  t->start_ns = uv_hrtime();
+  t->n = n;
+  int rv = n->append(io, &t->inner, entries, count, timed_append_done);
+  if (rv != 0) {
+    free(t);
+  }
+  return rv;
+}
+
+void raftnode_on_append(raftnode *n, void (*cb)(void *data, double seconds), void *data) {
+  CAIRN_ASSERT(n != NULL);
+  n->append_cb = cb;
+  n->append_data = data;
 }
 
 void raftnode_on_applied(raftnode *n, void (*cb)(void *data, int64_t revision), void *data) {
@@ -638,6 +691,8 @@ int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_opt
   raft_uv_set_connect_retry_delay(&n->io, heartbeat);
   n->snapshot_put = n->io.snapshot_put;
   n->io.snapshot_put = snapshot_put_gated;
+  n->append = n->io.append;
+  n->io.append = timed_append;
   fsm_init(&n->fsm, n->r, store, n, on_fsm_result, on_fsm_revision);
   const char *self_address = NULL;
   for (size_t i = 0; i < n->ids.n; i++) {

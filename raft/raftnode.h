@@ -102,6 +102,11 @@ int raftnode_propose(raftnode *n, const struct mvcc_op *op, void *data, raftnode
  * callbacks of the same entries. One listener; cb NULL removes it. */
 void raftnode_on_applied(raftnode *n, void (*cb)(void *data, int64_t revision), void *data);
 
+/* Called after each successful append to the raft log (its write and sync)
+ * with its duration: etcd's etcd_disk_wal_fsync_duration_seconds. One
+ * listener; NULL removes it. */
+void raftnode_on_append(raftnode *n, void (*cb)(void *data, double seconds), void *data);
+
 /* State for headers, Status and /metrics. */
 struct raftnode_status {
   uint64_t cluster_id;

@@ -520,10 +520,17 @@ static void kv_write_close(grpc_call *call, void *ctx) {
 
 static const char *const kind_path[] = {PATH_PUT, PATH_DELETE, PATH_TXN, PATH_COMPACT};
 
+/* etcd measures a request as the raft entry it becomes: the client's message
+ * wrapped with a request header, about this many bytes more. */
+#define RAFT_REQUEST_OVERHEAD_BYTES 24u
+
 static void propose_write(struct server *s, grpc_call *call, const struct mvcc_op *op,
-                          enum write_kind kind, bool physical) {
+                          enum write_kind kind, bool physical, size_t req_len) {
   const char *path = kind_path[kind];
   int rc = mvcc_check_op(s->store, op);
+  if (rc == 0 && req_len + RAFT_REQUEST_OVERHEAD_BYTES > s->cfg.max_request_bytes) {
+    rc = CAIRN_ETOO_LARGE;
+  }
   if (rc == 0 && s->alarm_nospace && adds_data(op)) {
     rc = CAIRN_ENOSPACE;
   }
@@ -557,7 +564,7 @@ static void kv_put(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
   }
   struct mvcc_op op = {.type = MVCC_OP_PUT};
   put_from_pb(req, &op.u.put);
-  propose_write(ctx, call, &op, WRITE_PUT, false);
+  propose_write(ctx, call, &op, WRITE_PUT, false, len);
   etcdserverpb__put_request__free_unpacked(req, NULL);
 }
 
@@ -570,7 +577,7 @@ static void kv_delete(grpc_call *call, const uint8_t *msg, size_t len, void *ctx
   }
   struct mvcc_op op = {.type = MVCC_OP_DELETE};
   delete_from_pb(req, &op.u.del);
-  propose_write(ctx, call, &op, WRITE_DELETE, false);
+  propose_write(ctx, call, &op, WRITE_DELETE, false, len);
   etcdserverpb__delete_range_request__free_unpacked(req, NULL);
 }
 
@@ -629,7 +636,7 @@ static void kv_txn(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
     }
     mvcc_result_free(&res);
   } else {
-    propose_write(s, call, &op, WRITE_TXN, false);
+    propose_write(s, call, &op, WRITE_TXN, false, len);
   }
   scratch_free(&sc);
   etcdserverpb__txn_request__free_unpacked(req, NULL);
@@ -642,7 +649,7 @@ static void kv_compact(grpc_call *call, const uint8_t *msg, size_t len, void *ct
     return;
   }
   struct mvcc_op op = {.type = MVCC_OP_COMPACT, .u.compact_revision = req->revision};
-  propose_write(ctx, call, &op, WRITE_COMPACT, req->physical);
+  propose_write(ctx, call, &op, WRITE_COMPACT, req->physical, len);
   etcdserverpb__compaction_request__free_unpacked(req, NULL);
 }
 

@@ -50,6 +50,11 @@ static int mkdir_p(const char *path) {
   return mkdir(buf, 0700) != 0 && errno != EEXIST ? -1 : 0;
 }
 
+static void on_raft_append(void *data, double seconds) {
+  (void)data;
+  metrics_observe(srv.metrics, METRIC_HIST_WAL_FSYNC, seconds);
+}
+
 static void on_checkpoint(void *data, int status, uint64_t index, int64_t revision) {
   (void)data;
   checkpoint_running = false;
@@ -211,6 +216,7 @@ static int start(void) {
     server_log(LOG_ERROR, "cannot start raft: %s", cairn_strerror(rc));
     return 1;
   }
+  raftnode_on_append(srv.raft, on_raft_append, NULL);
   /* etcd receives up to max-request-bytes + 512 KiB of gRPC message. */
   struct grpc_server_options go = {.max_recv_message_bytes = c->max_request_bytes + 512u * 1024u};
   if ((rc = grpc_server_init(srv.loop, &go, &srv.grpc)) != 0) {
