@@ -1467,8 +1467,9 @@ static void on_handle_closed(uv_handle_t *handle) {
 void watch_hub_close(struct watch_hub *h) {
   CAIRN_ASSERT(h->depth == 0);
   h->closing = true;
-  /* The raft listener is not touched: the node is stopped (and freed)
-   * first, and its listener goes with it (see watch_hub.h). */
+  if (h->s->raft != NULL) {
+    raftnode_on_applied(h->s->raft, NULL, NULL); /* raft outlives the hub */
+  }
   while (h->streams != NULL) {
     struct watch_stream *st = h->streams;
     h->streams = st->next;

@@ -104,13 +104,12 @@ struct watch_create_req {
 int watch_hub_init(struct server *s);
 
 /* Ends every stream's association with the hub (their calls are left to the
- * gRPC server's shutdown), closes the hub's libuv handles and frees the hub
- * once they are closed (the loop must run). Sets s->watch to NULL. Call it
- * after raftnode_stop() has completed (the node, and with it the hub's
- * raft listener, is gone; s->raft is not used), or clear the listener
- * first with raftnode_on_applied(raft, NULL, NULL). Calls of the functions
- * below on this hub's streams are not allowed afterwards; on_close of a call
- * is (it finds no stream). */
+ * gRPC server's shutdown), clears the hub's raft listener, closes the hub's
+ * libuv handles and frees the hub once they are closed (the loop must run).
+ * Sets s->watch to NULL. s->raft must be the live node or NULL: close the
+ * hub before raftnode_stop(), or set s->raft to NULL once the node is
+ * freed. Calls of the functions below on this hub's streams are not allowed
+ * afterwards; on_close of a call is (it finds no stream). */
 void watch_hub_close(struct watch_hub *h);
 
 /* A new revision was applied (the raftnode_on_applied listener; tests call it

@@ -363,7 +363,7 @@ static void teardown(void) {
   watch_hub_close(hub);
   hub = NULL;
   CHECK(srv.watch == NULL);
-  applied_cb = NULL; /* what stopping the raft node does */
+  CHECK(applied_cb == NULL);
   uv_run(&loop, UV_RUN_DEFAULT);
   CHECK_OK(uv_loop_close(&loop));
   mvcc_close(srv.store);
