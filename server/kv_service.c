@@ -10,6 +10,7 @@
 #include "common/cairn_assert.h"
 #include "server/metrics.h"
 #include "server/server.h"
+#include "server/watch_hub.h"
 
 #define PATH_RANGE "/etcdserverpb.KV/Range"
 #define PATH_PUT "/etcdserverpb.KV/Put"
@@ -664,6 +665,12 @@ static bool compact_idle_init;
 
 static void on_compact_idle(uv_idle_t *h) {
   struct server *s = h->data;
+  /* The watch hub must have read every revision up to the compacted one
+   * before its deletes may go: live watchers would miss them otherwise. */
+  if (s->watch != NULL && !s->stopping &&
+      watch_hub_delivered_revision(s->watch) < mvcc_compacted_revision(s->store)) {
+    return;
+  }
   bool done = true;
   int rc = mvcc_compact_step(s->store, COMPACT_STEP_ENTRIES, &done);
   if (rc != 0) {

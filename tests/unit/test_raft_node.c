@@ -93,7 +93,7 @@ static void cluster_init(struct cluster *c, size_t n) {
   c->n = n;
   for (size_t i = 0; i < n; i++) {
     struct member *m = &c->m[i];
-    snprintf(m->name, sizeof m->name, "m%zu", i + 1);
+    snprintf(m->name, sizeof m->name, "m%u", (unsigned)(i + 1) % 1000u);
     snprintf(m->url, sizeof m->url, "http://127.0.0.1:%d", free_port());
     m->dir = test_tmpdir("raftnode");
     snprintf(m->store_dir, sizeof m->store_dir, "%s/store", m->dir);
