@@ -253,8 +253,11 @@ static int start(void) {
                  CHECKPOINT_INTERVAL_MS);
   uv_timer_init(srv.loop, &compaction_timer);
   if (c->auto_compaction_retention > 0) {
+    /* Revision mode checks every 5 minutes, as etcd; CAIRN_COMPACTION_CHECK_MS
+     * shortens that for tests. */
+    const char *check = getenv("CAIRN_COMPACTION_CHECK_MS");
     uint64_t every = c->auto_compaction_mode == COMPACTION_REVISION
-                         ? 5u * 60u * 1000u
+                         ? (check ? strtoull(check, NULL, 10) : 5u * 60u * 1000u)
                          : c->auto_compaction_retention * 1000u / 10u;
     if (every == 0) {
       every = 100;
