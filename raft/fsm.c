@@ -3,6 +3,7 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "command.h"
@@ -62,6 +63,67 @@ static int halt(struct fsm *f, int err, uint64_t index, const char *what) {
   return err == CAIRN_EIO ? RAFT_IOERR : RAFT_CORRUPT;
 }
 
+static void queue_release(struct fsm *f) {
+  for (size_t i = 0; i < f->n_queued; i++) {
+    command_free(f->queue[i].cmd);
+    free(f->queue[i].cmd);
+  }
+  f->n_queued = 0;
+}
+
+int fsm_flush(struct fsm *f) {
+  size_t n = f->n_queued;
+  if (n == 0) {
+    return 0;
+  }
+  struct mvcc_op *ops = malloc(n * sizeof *ops);
+  struct mvcc_result *res = calloc(n, sizeof *res);
+  if (ops == NULL || res == NULL) {
+    free(ops);
+    free(res);
+    return CAIRN_ENOMEM;
+  }
+  for (size_t i = 0; i < n; i++) {
+    ops[i] = f->queue[i].op;
+  }
+  int64_t rev = mvcc_current_revision(f->store);
+  int rc = f->apply_error != 0 ? f->apply_error : mvcc_apply(f->store, ops, n, res);
+  free(ops);
+  if (rc == CAIRN_ENOMEM || rc == CAIRN_EBUSY) {
+    free(res);
+    return rc; /* nothing committed: the queue stays for the next flush */
+  }
+  if (rc != 0) {
+    halt(f, rc, f->queue[0].index, "store");
+    for (size_t i = 0; i < n; i++) {
+      memset(&res[i], 0, sizeof res[i]);
+      res[i].type = f->queue[i].op.type;
+      res[i].err = f->apply_error;
+    }
+  } else {
+    /* Every queued index is above the store's applied index (checked at
+     * queueing), so nothing is a replay, and the batch moved the index. */
+    CAIRN_ASSERT(mvcc_applied_index(f->store) == f->queue[n - 1].index);
+    f->batches++;
+    int64_t now = mvcc_current_revision(f->store);
+    CAIRN_ASSERT(now >= rev);
+    if (now != rev && f->on_revision != NULL) {
+      f->on_revision(f->ctx, now);
+    }
+  }
+  for (size_t i = 0; i < n; i++) {
+    CAIRN_ASSERT(res[i].err != CAIRN_EREPLAY);
+    f->on_result(f->ctx, f->queue[i].request_id, f->queue[i].index, &res[i]);
+  }
+  free(res);
+  queue_release(f);
+  return rc;
+}
+
+void fsm_close(struct fsm *f) {
+  queue_release(f);
+}
+
 static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **result) {
   struct fsm *f = rf->data;
   *result = NULL;
@@ -72,45 +134,46 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
   if (index <= mvcc_applied_index(f->store)) {
     return 0; /* a replay: the store has it */
   }
-  struct command c;
-  int rc = command_decode(buf->base, buf->len, &c);
+  if (f->n_queued == FSM_BATCH_MAX) {
+    int frc = fsm_flush(f);
+    if (frc == CAIRN_ENOMEM || frc == CAIRN_EBUSY) {
+      return frc == CAIRN_ENOMEM ? RAFT_NOMEM : RAFT_BUSY; /* this entry: tried again later */
+    }
+    if (frc != 0) {
+      return frc == CAIRN_EIO ? RAFT_IOERR : RAFT_CORRUPT;
+    }
+  }
+  struct command *c = calloc(1, sizeof *c);
+  if (c == NULL) {
+    return RAFT_NOMEM;
+  }
+  int rc = command_decode(buf->base, buf->len, c);
   if (rc == CAIRN_ENOMEM) {
+    free(c);
     return RAFT_NOMEM;
   }
   if (rc != 0) {
+    free(c);
     return halt(f, rc, index, "undecodable command");
   }
-  uint64_t request_id = c.request_id;
   /* The term the proposer encoded is the entry's: raft_apply() appends at
    * the leader's current term, read just before. */
-  c.op.raft_index = index;
-  int64_t rev = mvcc_current_revision(f->store);
-  struct mvcc_result res;
-  rc = mvcc_apply(f->store, &c.op, 1, &res);
-  command_free(&c);
-  if (rc != 0) {
-    mvcc_result_free(&res);
-    if (rc == CAIRN_ENOMEM || rc == CAIRN_EBUSY) {
-      return rc == CAIRN_ENOMEM ? RAFT_NOMEM : RAFT_BUSY; /* tried again later */
-    }
-    return halt(f, rc, index, "store");
+  struct fsm_queued *q = &f->queue[f->n_queued++];
+  q->index = index;
+  q->request_id = c->request_id;
+  q->op = c->op;
+  q->op.raft_index = index;
+  q->cmd = c;
+  if (f->n_queued == 1 && f->on_queued != NULL) {
+    f->on_queued(f->ctx);
   }
-  /* The index check above rules replays out; the applied index moves to this
-   * entry's whatever the op's own outcome. */
-  CAIRN_ASSERT(res.err != CAIRN_EREPLAY);
-  CAIRN_ASSERT(mvcc_applied_index(f->store) == index);
-  int64_t now = mvcc_current_revision(f->store);
-  CAIRN_ASSERT(now >= rev);
-  if (now != rev && f->on_revision != NULL) {
-    f->on_revision(f->ctx, now);
-  }
-  f->on_result(f->ctx, request_id, index, &res);
   return 0;
 }
 
 static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs) {
   struct fsm *f = rf->data;
-  if (f->apply_error != 0) {
+  /* The marker speaks for the store: what raft applied must be in it. */
+  if (fsm_flush(f) != 0 || f->apply_error != 0) {
     return RAFT_BUSY; /* a halted store is not one to snapshot */
   }
   struct fsm_marker m = {
@@ -171,7 +234,7 @@ static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf) {
 }
 
 void fsm_init(struct fsm *f, struct raft *r, mvcc_store *store, void *ctx, fsm_result_cb on_result,
-              fsm_revision_cb on_revision) {
+              fsm_revision_cb on_revision, fsm_queued_cb on_queued) {
   CAIRN_ASSERT(f != NULL && r != NULL && store != NULL && on_result != NULL);
   memset(f, 0, sizeof *f);
   f->raft_fsm.version = 1;
@@ -184,4 +247,5 @@ void fsm_init(struct fsm *f, struct raft *r, mvcc_store *store, void *ctx, fsm_r
   f->ctx = ctx;
   f->on_result = on_result;
   f->on_revision = on_revision;
+  f->on_queued = on_queued;
 }

@@ -33,7 +33,12 @@
  * DONE, queued for delivery) or until its deadline (then ABANDONED: the
  * proposer was told CAIRN_ETIMEOUT, but raft still holds the request, whose
  * memory must live until raft's callback). */
-enum proposal_state { PROPOSAL_PENDING, PROPOSAL_ABANDONED, PROPOSAL_DONE };
+enum proposal_state {
+  PROPOSAL_PENDING,
+  PROPOSAL_ABANDONED,
+  PROPOSAL_APPLIED, /* raft applied the entry; its result comes with the batch's flush */
+  PROPOSAL_DONE
+};
 
 struct proposal {
   struct raft_apply req; /* raft's until on_raft_applied() */
@@ -88,6 +93,7 @@ struct raftnode {
 
   uv_timer_t timeout_timer;
   uv_timer_t deliver_timer;
+  uv_timer_t flush_timer; /* applies the state machine's queued batch */
   uv_timer_t stop_timer;
   unsigned handles_open;
 
@@ -189,12 +195,22 @@ static void on_fsm_result(void *ctx, uint64_t request_id, uint64_t index,
   struct proposal *p = pending_find(&n->table, request_id);
   /* The index check guards against an id that an earlier run of this member
    * used for an entry replayed now. */
-  if (p == NULL || p->state != PROPOSAL_PENDING || p->req.index != index || p->has_result) {
+  if (p == NULL || (p->state != PROPOSAL_PENDING && p->state != PROPOSAL_APPLIED) ||
+      p->req.index != index || p->has_result) {
     mvcc_result_free(result);
     return;
   }
   p->result = *result;
   p->has_result = true;
+  if (p->state == PROPOSAL_APPLIED) {
+    /* raft's callback came first (the usual order with batches). */
+    pending_remove(&n->table, p->request_id);
+    p->status = 0;
+    p->state = PROPOSAL_DONE;
+    queue_push(&n->done, p);
+    schedule_delivery(n);
+    return;
+  }
   /* raft's callback for this entry follows at once (leader) or, if
    * leadership was lost meanwhile, has already run and p is gone. */
 }
@@ -204,6 +220,27 @@ static void on_fsm_revision(void *ctx, int64_t revision) {
   n->notify_pending = true;
   n->notify_revision = revision;
   schedule_delivery(n);
+}
+
+/* ---- batches --------------------------------------------------------------- */
+
+/* After a failed flush (no memory, or the map could not grow while an export
+ * runs), the next try comes this much later. */
+#define FLUSH_RETRY_MS 10u
+
+static void on_flush(uv_timer_t *t) {
+  raftnode *n = t->data;
+  int rc = fsm_flush(&n->fsm);
+  if ((rc == CAIRN_ENOMEM || rc == CAIRN_EBUSY) && n->state != NODE_CLOSING) {
+    uv_timer_start(&n->flush_timer, on_flush, FLUSH_RETRY_MS, 0);
+  }
+}
+
+static void on_fsm_queued(void *ctx) {
+  raftnode *n = ctx;
+  if (!uv_is_active((uv_handle_t *)&n->flush_timer) && n->state != NODE_CLOSING) {
+    uv_timer_start(&n->flush_timer, on_flush, 0, 0);
+  }
 }
 
 /* ---- proposals ------------------------------------------------------------ */
@@ -222,15 +259,16 @@ static void on_raft_applied(struct raft_apply *req, int status, void *result) {
     return;
   }
   CAIRN_ASSERT(p->state == PROPOSAL_PENDING);
-  pending_remove(&n->table, p->request_id);
   queue_remove(&n->pending, p);
+  if (status == 0 && !p->has_result) {
+    /* Queued in the state machine's batch: the flush brings the result.
+     * No deadline any more: the outcome is known to be coming. */
+    p->state = PROPOSAL_APPLIED;
+    return;
+  }
+  pending_remove(&n->table, p->request_id);
   if (status == 0) {
-    if (p->has_result) {
-      p->status = 0;
-    } else {
-      fprintf(stderr, "cairn: raft: entry %llu applied without a result\n", req->index);
-      p->status = CAIRN_EIO;
-    }
+    p->status = 0;
   } else {
     /* RAFT_LEADERSHIPLOST (step-down or close), RAFT_NOTLEADER, a failed
      * log write (the leader then steps down): the entry may still commit. */
@@ -412,6 +450,7 @@ void raftnode_status(const raftnode *n, struct raftnode_status *out) {
   out->applied_index = raft_last_applied(n->r);
   out->is_leader = raft_state(n->r) == RAFT_LEADER;
   out->apply_error = n->fsm.apply_error;
+  out->apply_batches = n->fsm.batches;
 }
 
 /* ---- the snapshot gate ---------------------------------------------------- */
@@ -485,6 +524,7 @@ static void finish(raftnode *n) {
   /* raft_close() settled every apply request. */
   CAIRN_ASSERT(n->outstanding == 0 && n->pending.head == NULL && !n->put.pending);
   deliver(n);
+  fsm_close(&n->fsm);
   void (*cb)(void *) = n->closed_cb;
   void *data = n->closed_data;
   free(n);
@@ -505,6 +545,7 @@ static void on_fileio_closed(void *data) {
   raftnode *n = data;
   uv_close((uv_handle_t *)&n->timeout_timer, on_handle_closed);
   uv_close((uv_handle_t *)&n->deliver_timer, on_handle_closed);
+  uv_close((uv_handle_t *)&n->flush_timer, on_handle_closed);
   uv_close((uv_handle_t *)&n->stop_timer, on_handle_closed);
 }
 
@@ -527,6 +568,8 @@ static void close_raft(raftnode *n) {
   uv_timer_stop(&n->timeout_timer);
   uv_timer_stop(&n->deliver_timer);
   uv_timer_stop(&n->stop_timer);
+  fsm_flush(&n->fsm); /* answers every applied entry's proposer */
+  uv_timer_stop(&n->flush_timer);
   raft_close(n->r, on_raft_closed);
 }
 
@@ -539,7 +582,7 @@ static void on_stop_tick(uv_timer_t *t) {
    * our applies, and for every entry in the leader's log to be applied. */
   bool appending =
       raft_state(n->r) == RAFT_LEADER && raft_last_index(n->r) > raft_last_applied(n->r);
-  bool busy = n->outstanding > 0 || appending;
+  bool busy = n->outstanding > 0 || appending || fsm_flush(&n->fsm) != 0;
   if (busy && uv_now(n->loop) < n->stop_deadline_ms) {
     return;
   }
@@ -693,7 +736,7 @@ int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_opt
   n->io.snapshot_put = snapshot_put_gated;
   n->append = n->io.append;
   n->io.append = timed_append;
-  fsm_init(&n->fsm, n->r, store, n, on_fsm_result, on_fsm_revision);
+  fsm_init(&n->fsm, n->r, store, n, on_fsm_result, on_fsm_revision, on_fsm_queued);
   const char *self_address = NULL;
   for (size_t i = 0; i < n->ids.n; i++) {
     if (n->ids.members[i].id == n->ids.self_id) {
@@ -709,9 +752,11 @@ int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_opt
   n->raft.data = n;
   uv_timer_init(loop, &n->timeout_timer);
   uv_timer_init(loop, &n->deliver_timer);
+  uv_timer_init(loop, &n->flush_timer);
   uv_timer_init(loop, &n->stop_timer);
   n->timeout_timer.data = n->deliver_timer.data = n->stop_timer.data = n;
-  n->handles_open = 3;
+  n->flush_timer.data = n;
+  n->handles_open = 4;
   /* From here on failures close raft, asynchronously. */
   raft_set_heartbeat_timeout(n->r, heartbeat);
   raft_set_election_timeout(n->r, election);

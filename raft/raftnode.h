@@ -116,6 +116,7 @@ struct raftnode_status {
   uint64_t commit_index;
   uint64_t applied_index;
   bool is_leader;
+  uint64_t apply_batches; /* LMDB transactions that applied raft entries */
   int apply_error; /* 0, or the CAIRN_E* code that halted the state machine */
 };
 void raftnode_status(const raftnode *n, struct raftnode_status *out);

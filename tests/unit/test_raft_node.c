@@ -582,6 +582,12 @@ static void test_inflight(void) {
   }
   CHECK(!w[n].done);
   CHECK_EQ_INT(mvcc_current_revision(m->store), 1 + (int64_t)n);
+  /* Entries committed together are applied together: one LMDB transaction
+   * per batch, not per entry. */
+  struct raftnode_status st;
+  raftnode_status(m->node, &st);
+  printf("    %zu entries in %" PRIu64 " LMDB transactions\n", n, st.apply_batches);
+  CHECK(st.apply_batches > 0 && st.apply_batches < n / 4);
   free(w);
   cluster_close(&c);
 }
