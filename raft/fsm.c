@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <uv.h>
+
 #include "command.h"
 #include "common/cairn_assert.h"
 
@@ -87,8 +89,12 @@ int fsm_flush(struct fsm *f) {
     ops[i] = f->queue[i].op;
   }
   int64_t rev = mvcc_current_revision(f->store);
+  uint64_t t0 = uv_hrtime();
   int rc = f->apply_error != 0 ? f->apply_error : mvcc_apply(f->store, ops, n, res);
   free(ops);
+  if (rc == 0 && f->on_batch != NULL) {
+    f->on_batch(f->ctx, (double)(uv_hrtime() - t0) / 1e9, n);
+  }
   if (rc == CAIRN_ENOMEM || rc == CAIRN_EBUSY) {
     free(res);
     return rc; /* nothing committed: the queue stays for the next flush */
@@ -113,6 +119,9 @@ int fsm_flush(struct fsm *f) {
   }
   for (size_t i = 0; i < n; i++) {
     CAIRN_ASSERT(res[i].err != CAIRN_EREPLAY);
+    if (rc == 0 && f->on_op != NULL) {
+      f->on_op(f->ctx, &f->queue[i].op, &res[i]);
+    }
     f->on_result(f->ctx, f->queue[i].request_id, f->queue[i].index, &res[i]);
   }
   free(res);

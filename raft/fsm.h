@@ -55,6 +55,10 @@ typedef void (*fsm_result_cb)(void *ctx, uint64_t request_id, uint64_t index,
 typedef void (*fsm_revision_cb)(void *ctx, int64_t revision);
 /* The queue went from empty to not empty: call fsm_flush() soon. */
 typedef void (*fsm_queued_cb)(void *ctx);
+/* Every applied op with its result (valid during the call), then the
+ * batch's apply time. Set after fsm_init(); NULL: not wanted. */
+typedef void (*fsm_op_cb)(void *ctx, const struct mvcc_op *op, const struct mvcc_result *result);
+typedef void (*fsm_batch_cb)(void *ctx, double seconds, size_t entries);
 
 struct command;
 struct fsm_queued {
@@ -72,6 +76,8 @@ struct fsm {
   fsm_result_cb on_result;
   fsm_revision_cb on_revision;
   fsm_queued_cb on_queued;
+  fsm_op_cb on_op;
+  fsm_batch_cb on_batch;
   struct fsm_queued queue[FSM_BATCH_MAX];
   size_t n_queued;
   uint64_t batches; /* LMDB transactions that applied entries */

@@ -104,6 +104,10 @@ struct raftnode {
                 unsigned n, raft_io_append_cb cb);
   void (*append_cb)(void *data, double seconds);
   void *append_data;
+  void (*op_cb)(void *data, const struct mvcc_op *op, const struct mvcc_result *result);
+  void *op_data;
+  void (*apply_time_cb)(void *data, double seconds);
+  void *apply_time_data;
   bool notify_pending;
   int64_t notify_revision;
 
@@ -424,6 +428,36 @@ static int timed_append(struct raft_io *io, struct raft_io_append *req,
   return rv;
 }
 
+static void on_fsm_op(void *ctx, const struct mvcc_op *op, const struct mvcc_result *result) {
+  raftnode *n = ctx;
+  if (n->op_cb != NULL) {
+    n->op_cb(n->op_data, op, result);
+  }
+}
+
+static void on_fsm_batch(void *ctx, double seconds, size_t entries) {
+  raftnode *n = ctx;
+  (void)entries;
+  if (n->apply_time_cb != NULL) {
+    n->apply_time_cb(n->apply_time_data, seconds);
+  }
+}
+
+void raftnode_on_op_applied(raftnode *n,
+                            void (*cb)(void *data, const struct mvcc_op *op,
+                                       const struct mvcc_result *result),
+                            void *data) {
+  CAIRN_ASSERT(n != NULL);
+  n->op_cb = cb;
+  n->op_data = data;
+}
+
+void raftnode_on_apply_time(raftnode *n, void (*cb)(void *data, double seconds), void *data) {
+  CAIRN_ASSERT(n != NULL);
+  n->apply_time_cb = cb;
+  n->apply_time_data = data;
+}
+
 void raftnode_on_append(raftnode *n, void (*cb)(void *data, double seconds), void *data) {
   CAIRN_ASSERT(n != NULL);
   n->append_cb = cb;
@@ -737,6 +771,8 @@ int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_opt
   n->append = n->io.append;
   n->io.append = timed_append;
   fsm_init(&n->fsm, n->r, store, n, on_fsm_result, on_fsm_revision, on_fsm_queued);
+  n->fsm.on_op = on_fsm_op;
+  n->fsm.on_batch = on_fsm_batch;
   const char *self_address = NULL;
   for (size_t i = 0; i < n->ids.n; i++) {
     if (n->ids.members[i].id == n->ids.self_id) {

@@ -107,6 +107,16 @@ void raftnode_on_applied(raftnode *n, void (*cb)(void *data, int64_t revision), 
  * listener; NULL removes it. */
 void raftnode_on_append(raftnode *n, void (*cb)(void *data, double seconds), void *data);
 
+/* Called on every member for every op its state machine applied, with the
+ * op's result (both valid during the call only), whoever proposed it: how a
+ * leader's lessor learns of lease ops other members proposed. And after
+ * each applied batch, its apply time. One listener each; NULL removes it. */
+void raftnode_on_op_applied(raftnode *n,
+                            void (*cb)(void *data, const struct mvcc_op *op,
+                                       const struct mvcc_result *result),
+                            void *data);
+void raftnode_on_apply_time(raftnode *n, void (*cb)(void *data, double seconds), void *data);
+
 /* State for headers, Status and /metrics. */
 struct raftnode_status {
   uint64_t cluster_id;

@@ -50,6 +50,22 @@ static int mkdir_p(const char *path) {
   return mkdir(buf, 0700) != 0 && errno != EEXIST ? -1 : 0;
 }
 
+/* Lease ops applied here, whoever proposed them: the leader's lessor must
+ * know of grants, revocations and renewals from every member. */
+static void on_op_applied(void *data, const struct mvcc_op *op, const struct mvcc_result *r) {
+  (void)data;
+  if (srv.lessor != NULL &&
+      (op->type == MVCC_OP_LEASE_GRANT || op->type == MVCC_OP_LEASE_REVOKE ||
+       op->type == MVCC_OP_LEASE_CHECKPOINT)) {
+    lessor_applied(srv.lessor, op, r);
+  }
+}
+
+static void on_apply_time(void *data, double seconds) {
+  (void)data;
+  metrics_observe(srv.metrics, METRIC_HIST_APPLY, seconds);
+}
+
 static void on_raft_append(void *data, double seconds) {
   (void)data;
   metrics_observe(srv.metrics, METRIC_HIST_WAL_FSYNC, seconds);
@@ -148,6 +164,7 @@ static void on_raft_stopped(void *data) {
 
 static void on_maintenance_stopped(void *data) {
   (void)data;
+  raftnode_on_op_applied(srv.raft, NULL, NULL);
   lessor_close(srv.lessor);
   srv.lessor = NULL;
   watch_hub_close(srv.watch);
@@ -217,6 +234,8 @@ static int start(void) {
     return 1;
   }
   raftnode_on_append(srv.raft, on_raft_append, NULL);
+  raftnode_on_op_applied(srv.raft, on_op_applied, NULL);
+  raftnode_on_apply_time(srv.raft, on_apply_time, NULL);
   /* etcd receives up to max-request-bytes + 512 KiB of gRPC message. */
   struct grpc_server_options go = {.max_recv_message_bytes = c->max_request_bytes + 512u * 1024u};
   if ((rc = grpc_server_init(srv.loop, &go, &srv.grpc)) != 0) {
