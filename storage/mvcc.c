@@ -959,6 +959,7 @@ static int batch_once(mvcc_store *s, const struct mvcc_op *ops, size_t n,
                   .hist_cur = hist_cur,
                   .base_size = base_size};
   uint64_t applied = s->applied_index, term = s->applied_term;
+  bool wrote = false;
   for (size_t i = 0; i < n; i++) {
     struct mvcc_result *r = &results[i];
     memset(r, 0, sizeof *r);
@@ -980,6 +981,11 @@ static int batch_once(mvcc_store *s, const struct mvcc_op *ops, size_t n,
     c.write_rev = c.rev + 1;
     c.sub = 0;
     c.arena = &r->arena;
+    /* Only reads (a Range, a Txn that wrote nothing) leave the store as it
+     * was; any other op may have written. */
+    if (ops[i].type != MVCC_OP_RANGE && ops[i].type != MVCC_OP_TXN) {
+      wrote = true;
+    }
     rc = write_op(&c, &ops[i], r);
     if (rc != 0) {
       /* The LMDB transaction failed: nothing of the batch is committed. */
@@ -996,10 +1002,16 @@ static int batch_once(mvcc_store *s, const struct mvcc_op *ops, size_t n,
     if (c.sub > 0) {
       CAIRN_ASSERT(c.write_rev == c.rev + 1);
       c.rev = c.write_rev;
+      wrote = true;
     }
   }
   mdb_cursor_close(kv_cur);
   mdb_cursor_close(hist_cur);
+  if (!wrote && applied == s->applied_index) {
+    /* A batch of reads: nothing to commit (the results are copies). */
+    mdb_txn_abort(txn);
+    return 0;
+  }
   struct meta_state ms = {c.rev, c.compact_rev, applied, term};
   if ((mrc = meta_put_raw(txn, s->dbi_meta, "state", &ms, sizeof ms)) != 0) {
     mdb_txn_abort(txn);
