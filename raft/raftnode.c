@@ -519,12 +519,14 @@ static void on_stop_tick(uv_timer_t *t) {
    * our applies, and for every entry in the leader's log to be applied. */
   bool appending =
       raft_state(n->r) == RAFT_LEADER && raft_last_index(n->r) > raft_last_applied(n->r);
-  bool busy = n->outstanding > 0 || appending || fsm_flush(&n->fsm) != 0;
+  bool busy =
+      n->outstanding > 0 || appending || readindex_busy(n) || fsm_flush(&n->fsm) != 0;
   if (busy && uv_now(n->loop) < n->stop_deadline_ms) {
     return;
   }
   if (busy) {
-    fprintf(stderr, "cairn: raft: closing with %u proposals in flight\n", n->outstanding);
+    fprintf(stderr, "cairn: raft: closing with %u proposals%s in flight\n", n->outstanding,
+            readindex_busy(n) ? " and a read barrier" : "");
   }
   close_raft(n);
 }
@@ -532,6 +534,7 @@ static void on_stop_tick(uv_timer_t *t) {
 void raftnode_stop(raftnode *n, void (*closed_cb)(void *data), void *data) {
   CAIRN_ASSERT(n != NULL && n->state == NODE_RUNNING);
   n->state = NODE_DRAINING;
+  readindex_stop(n);
   n->closed_cb = closed_cb;
   n->closed_data = data;
   n->stop_deadline_ms = uv_now(n->loop) + n->request_timeout_ms;

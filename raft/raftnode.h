@@ -131,6 +131,36 @@ struct raftnode_status {
 };
 void raftnode_status(const raftnode *n, struct raftnode_status *out);
 
+/* ---- linearizable reads (raft/readindex.c) ------------------------------- */
+
+/* status 0: the store now holds every entry committed before the read began
+ * (its applied index reached the read index): serve the read from it.
+ * Otherwise CAIRN_ELEADER_CHANGED (leadership was lost while confirming),
+ * CAIRN_ETIMEOUT (not applied within the deadline), CAIRN_ESTOPPED. */
+typedef void (*raftnode_read_cb)(void *data, int status, uint64_t index);
+
+/* Bounds: reads waiting at once (for a barrier or for the applied index). */
+#define RAFTNODE_READS_MAX 65536u
+
+/* On the leader: confirms leadership with a barrier entry (one barrier for
+ * every read that arrived while the previous one was in flight), then waits
+ * until the store applied it; a single-voter cluster needs no barrier (the
+ * commit index at the call is the read index). cb runs from the loop, never
+ * inside this call. Errors (cb not called): CAIRN_ENOT_LEADER /
+ * CAIRN_ENO_LEADER (ask the leader: /cairnserverpb.Internal/ReadIndex, then
+ * raftnode_wait_applied()), CAIRN_ETOO_MANY_REQUESTS, CAIRN_ESTOPPED,
+ * CAIRN_ENOMEM. */
+int raftnode_read_index(raftnode *n, void *data, raftnode_read_cb cb);
+
+/* Waits until this member's store has applied every entry up to index (a
+ * read index from the leader), at most timeout_ms (then CAIRN_ETIMEOUT).
+ * cb runs from the loop, never inside this call. Errors as above. */
+int raftnode_wait_applied(raftnode *n, uint64_t index, uint64_t timeout_ms, void *data,
+                          raftnode_read_cb cb);
+
+/* Voting members in the current configuration. */
+unsigned raftnode_voters(const raftnode *n);
+
 /* Stops raft cleanly: new proposals get CAIRN_ESTOPPED at once; the ones in
  * flight get their outcome, waiting for them at most the request timeout
  * (then CAIRN_ESTOPPED); raft is closed only once no apply and no snapshot

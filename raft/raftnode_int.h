@@ -109,9 +109,18 @@ struct raftnode {
     raft_io_snapshot_put_cb cb;
   } put;
 
+  /* Linearizable reads (readindex.c): reads waiting for a barrier, the
+   * barrier in flight, and waiters for the applied index. */
+  struct raftnode_reads *reads;
+
   uint64_t stop_deadline_ms;
   void (*closed_cb)(void *data);
   void *closed_data;
 };
+
+/* readindex.c: a barrier in flight (raft must not close under it); failing
+ * every waiting read with CAIRN_ESTOPPED at a stop. */
+bool readindex_busy(const raftnode *n);
+void readindex_stop(raftnode *n);
 
 #endif

@@ -995,6 +995,115 @@ static void test_stop_without_quorum(void) {
   cluster_close(&c);
 }
 
+/* ---- linearizable reads --------------------------------------------------- */
+
+struct read_wait {
+  bool done;
+  int status;
+  uint64_t index;
+};
+
+static void on_read(void *data, int status, uint64_t index) {
+  struct read_wait *w = data;
+  CHECK(!w->done);
+  w->done = true;
+  w->status = status;
+  w->index = index;
+}
+
+static bool reads_done(void *arg) {
+  struct read_wait *w = arg;
+  for (size_t i = 0; i < 64; i++) {
+    if (!w[i].done) {
+      return false;
+    }
+  }
+  return true;
+}
+
+/* The leader confirms reads with shared barriers; what was written before a
+ * read began is in the store when the read is answered; a follower waits for
+ * the leader's read index; reads without a majority time out. */
+static void test_read_index(void) {
+  struct cluster c;
+  cluster_init(&c, 3);
+  c.opts.request_timeout_ms = 400;
+  c.opts.election_ms = 1000;
+  for (size_t i = 0; i < 3; i++) {
+    CHECK_OK(member_start(&c, i));
+  }
+  CHECK(run_until(&c.loop, has_leader, &c, 15000));
+  int l = leader_of(&c);
+  size_t f = (size_t)(l + 1) % 3;
+  CHECK_EQ_INT(raftnode_voters(c.m[l].node), 3);
+
+  /* 64 puts in flight, then 64 reads: every read sees every put. */
+  struct waiter pw[64];
+  struct read_wait rw[64];
+  memset(pw, 0, sizeof pw);
+  memset(rw, 0, sizeof rw);
+  char key[32];
+  for (size_t i = 0; i < 64; i++) {
+    snprintf(key, sizeof key, "ri/%02u", (unsigned)i);
+    struct mvcc_op op = put_op(key, "v", 0);
+    CHECK_OK(raftnode_propose(c.m[l].node, &op, &pw[i], on_proposed));
+  }
+  for (size_t i = 0; i < 64; i++) {
+    CHECK_OK(raftnode_read_index(c.m[l].node, &rw[i], on_read));
+    CHECK(!rw[i].done); /* never inside the call */
+  }
+  CHECK(run_until(&c.loop, reads_done, rw, 10000));
+  uint64_t max_index = 0;
+  for (size_t i = 0; i < 64; i++) {
+    CHECK_OK(rw[i].status);
+    if (rw[i].index > max_index) {
+      max_index = rw[i].index;
+    }
+  }
+  CHECK_EQ_INT(mvcc_current_revision(c.m[l].store), 65);
+  for (size_t i = 0; i < 64; i++) {
+    CHECK(pw[i].done);
+    waiter_free(&pw[i]);
+  }
+
+  /* A follower refuses to confirm by itself, and waits for an index. */
+  struct read_wait one = {0};
+  CHECK_ERR(raftnode_read_index(c.m[f].node, &one, on_read), CAIRN_ENOT_LEADER);
+  CHECK_OK(raftnode_wait_applied(c.m[f].node, max_index, 5000, &one, on_read));
+  CHECK(!one.done);
+  CHECK(run_until(&c.loop, flag_set, &one.done, 10000));
+  CHECK_OK(one.status);
+  CHECK_EQ_INT(mvcc_current_revision(c.m[f].store), 65);
+  /* An index far ahead is not reached: a timeout. */
+  one = (struct read_wait){0};
+  CHECK_OK(raftnode_wait_applied(c.m[f].node, max_index + 1000, 100, &one, on_read));
+  CHECK(run_until(&c.loop, flag_set, &one.done, 5000));
+  CHECK_ERR(one.status, CAIRN_ETIMEOUT);
+
+  /* Without a majority the leader cannot confirm: the read fails. */
+  for (size_t i = 0; i < 3; i++) {
+    if ((int)i != l) {
+      member_stop(&c, i, false);
+    }
+  }
+  one = (struct read_wait){0};
+  int rc = raftnode_read_index(c.m[l].node, &one, on_read);
+  if (rc == 0) {
+    CHECK(run_until(&c.loop, flag_set, &one.done, 5000));
+    CHECK(one.status == CAIRN_ETIMEOUT || one.status == CAIRN_ELEADER_CHANGED);
+  } else {
+    CHECK(rc == CAIRN_ENO_LEADER);
+  }
+  /* A read waiting at a stop is answered. */
+  one = (struct read_wait){0};
+  rc = raftnode_read_index(c.m[l].node, &one, on_read);
+  member_stop(&c, (size_t)l, false);
+  if (rc == 0) {
+    CHECK(one.done);
+  }
+  cluster_close(&c);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN); /* the daemon's job too: raft and libuv do not */
   test_seed("test_raft_node");
@@ -1008,6 +1117,7 @@ int main(void) {
   TEST_RUN(test_start_refusals);
   TEST_RUN(test_cluster3);
   TEST_RUN(test_stop_without_quorum);
+  TEST_RUN(test_read_index);
   printf("ok\n");
   return 0;
 }
