@@ -165,6 +165,11 @@ void grpc_server_unknown_text(const grpc_server *s, const char *path, char *buf,
   }
 }
 
+void grpc_server_set_router(grpc_server *s, grpc_router r, void *ctx) {
+  s->router = r;
+  s->router_ctx = ctx;
+}
+
 void grpc_server_set_http_handler(grpc_server *s, grpc_http_handler h, void *ctx) {
   s->http_handler = h;
   s->http_ctx = ctx;

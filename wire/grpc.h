@@ -157,6 +157,18 @@ int grpc_server_register(grpc_server *s, const struct grpc_method *methods, size
 
 void grpc_server_set_http_handler(grpc_server *s, grpc_http_handler h, void *ctx);
 
+/* A router sees each call of a registered method when its headers have
+ * arrived (grpc_call_header() works), before any message, and returns the
+ * method that serves it: m (the registered one) or another with the same
+ * kind whose callbacks then own the call (a follower forwarding to its
+ * leader). The returned struct is copied; its path is ignored. NULL: m. */
+typedef const struct grpc_method *(*grpc_router)(grpc_call *call, const struct grpc_method *m,
+                                                 void *ctx);
+void grpc_server_set_router(grpc_server *s, grpc_router r, void *ctx);
+
+/* The path of the call's method ("/etcdserverpb.KV/Put"). */
+const char *grpc_call_path(const grpc_call *call);
+
 /* Listens on host:port ("127.0.0.1", "::1", "0.0.0.0"; port 0: any); tls
  * may be NULL for h2c with prior knowledge (and HTTP/1.1). Several listeners
  * may be added; each keeps its own TLS settings (files are read here).

@@ -437,6 +437,13 @@ void grpc_call_dispatch(grpc_call *call) {
     uv_timer_start(call->timer, on_deadline, timeout_ms, 0);
   }
   call->method = e->m;
+  if (s->router) {
+    const struct grpc_method *m = s->router(call, &e->m, s->router_ctx);
+    if (m != NULL && m != &e->m) {
+      call->method = *m;
+      call->method.path = e->m.path;
+    }
+  }
   call->registered = true;
   call_set_state(call, CALL_ACTIVE);
   s->stats.calls_total++;
@@ -785,4 +792,8 @@ void grpc_call_set_user(grpc_call *call, void *user) {
 
 void *grpc_call_user(const grpc_call *call) {
   return call->user;
+}
+
+const char *grpc_call_path(const grpc_call *call) {
+  return call->method.path;
 }

@@ -81,6 +81,8 @@ struct grpc_server {
 
   grpc_http_handler http_handler;
   void *http_ctx;
+  grpc_router router;
+  void *router_ctx;
 
   struct grpc_listener *listeners;
   int last_port;
