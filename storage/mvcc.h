@@ -371,6 +371,45 @@ int mvcc_lease_keys(mvcc_store *s, int64_t id, struct mvcc_result *out);
 int mvcc_snapshot_export(mvcc_store *s, const char *path);
 int mvcc_snapshot_import(const char *dir, const char *path);
 
+/* What a snapshot file holds, as mvcc_snapshot_verify() read it. */
+struct mvcc_snapshot_info {
+  uint64_t applied_index; /* the raft index of the last entry in it */
+  uint64_t applied_term;
+  int64_t revision;
+  int64_t compacted_revision;
+  uint64_t file_bytes;
+};
+
+/* Reads the snapshot file at path (as mvcc_snapshot_export() writes it) and
+ * checks it: an LMDB file whose pages all lie inside it, holding a Cairn
+ * store (format marker, the five databases, the meta state), whose every kv
+ * and history record decodes, with no revision above the store's. Touches no
+ * open store and no shared state, opens the file read-only without a lock
+ * file: blocking, meant for a thread-pool thread. info may be NULL.
+ * Errors: CAIRN_EFOREIGN_FILE (not an LMDB file, or not a Cairn store),
+ * CAIRN_ECORRUPT (a record, a size or the meta state is wrong), CAIRN_EIO,
+ * CAIRN_ENOMEM. */
+int mvcc_snapshot_verify(const char *path, struct mvcc_snapshot_info *info);
+
+/* Replaces the open store's data with the snapshot file at path, in place:
+ * the handle s stays valid for everyone holding it (as with mvcc_defrag()),
+ * and reads from then on see the snapshot's data, revision and applied
+ * index. path must have passed mvcc_snapshot_verify() (replace only checks
+ * the file's format and meta state again, cheaply) and must be on the file
+ * system of the store's directory: it is moved, not copied, and is gone on
+ * success. Steps: the current data file is synced, a sync marker true for
+ * both files is written, the environment is closed, path is renamed over
+ * the data file and the directory synced, and the store is reopened. A
+ * crash at any point leaves either the old store or the new one, whole.
+ * Blocking (two fsyncs and an open); no batch may be open, no checkpoint
+ * in flight (see storage/checkpoint.h), and no export running.
+ * Errors (the store is then unchanged and path left where it was):
+ * CAIRN_EBUSY (an export runs), CAIRN_EINVAL (path on another file system,
+ * or not a regular file), CAIRN_EFOREIGN_FILE / CAIRN_ECORRUPT (path is not
+ * a Cairn store), CAIRN_EIO. A store that cannot be reopened after the
+ * rename stops the process (as mvcc_defrag()). */
+int mvcc_replace(mvcc_store *s, const char *path);
+
 /* Defragmentation: rewrites the store as a compacting copy and reopens it,
  * returning free pages to the file system. Blocking; no batch may be open. */
 int mvcc_defrag(mvcc_store *s);
