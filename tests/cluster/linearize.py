@@ -60,11 +60,13 @@ class Op:
     and cas's new value). expect: cas's compared value. result: get's value
     read (None: absent), cas's succeeded flag. t_inv, t_ret: invocation and
     completion times (t_ret None or math.inf when the outcome is unknown).
-    client, member, note: free text for the reports.
+    client, member, note: free text for the reports. rev, t_end: for the
+    callers (the revision of an acknowledged write; when the client stopped
+    waiting), unused here.
     """
 
     __slots__ = ("id", "kind", "key", "value", "expect", "result", "outcome",
-                 "t_inv", "t_ret", "client", "member", "note")
+                 "t_inv", "t_ret", "client", "member", "note", "rev", "t_end")
 
     def __init__(self, kind, key, t_inv, t_ret, outcome, value=None, expect=None,
                  result=None, client="", member="", note="", id=None):
@@ -82,6 +84,8 @@ class Op:
         self.client = client
         self.member = member
         self.note = note
+        self.rev = None
+        self.t_end = t_ret
 
     def what(self):
         if self.kind == PUT:

@@ -1,0 +1,293 @@
+"""tests/cluster/history.py: concurrent clients that record every operation,
+and the checks run on what they recorded.
+
+Load(cluster, t, prefix) runs `clients` threads; each does, as fast as the
+servers answer, on a key drawn from a small pool: a put of a unique value, a
+linearizable get, or a compare-and-swap (a Txn: value(key) = the value this
+client last saw ? put(key, unique)). Each goes to a member chosen round-robin
+among load.targets (default: the cluster's current members), with a deadline
+of op_timeout seconds. Every operation is recorded as a linearize.Op with its
+invocation and completion times (time.monotonic_ns()) and its outcome:
+  ok       a response (a cas that did not succeed is an ok cas with result False)
+  fail     refused before it reached any server (gRPC UNAVAILABLE "failed to
+           connect"): it cannot have taken effect
+  unknown  any other error (deadline, connection lost, "request timed out",
+           leader changes...): it may have taken effect, or not
+An acknowledged write (put, or a cas that succeeded) also records the
+revision from its response header.
+
+Per-key histories are kept short so that the checker stays fast: a key is
+retired after ops_per_key operations and a fresh one takes its slot.
+
+Checks:
+  check_linearizable(t, load)  every key's history is linearizable (after
+                               final_reads added a linearizable get of every
+                               key through every live member)
+  check_acked_everywhere(t, cluster, load)  every acknowledged write is on
+      every live member: Range(key, revision=its revision, serializable) gives
+      its value with that mod revision; no two acked writes share a revision
+"""
+
+import threading
+import time
+
+import grpc
+
+import etcd3.etcdrpc as rpc
+
+import linearize as L
+from clusterlib import TestFailure, grpc_error_text
+
+
+def classify(e):
+    """An RPC error's outcome: FAIL when the request surely never reached a
+    server, UNKNOWN otherwise."""
+    try:
+        code, det = e.code(), (e.details() or "")
+    except Exception:
+        return L.UNKNOWN, repr(e)
+    text = "%s %s" % (code.name, det)
+    if code == grpc.StatusCode.UNAVAILABLE and ("failed to connect" in det.lower()
+                                                 or "connection refused" in det.lower()):
+        return L.FAIL, text
+    return L.UNKNOWN, text
+
+
+class Load:
+    def __init__(self, cluster, t, prefix, clients=6, keys=12, ops_per_key=150, op_timeout=2.0,
+                 read_rate=0.35, cas_rate=0.2, pause_s=0.0):
+        self.cluster = cluster
+        self.t = t
+        self.prefix = prefix
+        self.nclients = clients
+        self.op_timeout = op_timeout
+        self.read_rate = read_rate
+        self.cas_rate = cas_rate
+        self.ops_per_key = ops_per_key
+        self.pause_s = pause_s
+        self.targets = list(cluster.members)
+        self.ops = []
+        self.lock = threading.Lock()
+        self.stop_ev = threading.Event()
+        self.threads = []
+        self.slots = ["%s/k%02d.0" % (prefix, i) for i in range(keys)]
+        self.key_count = {}
+        self.key_gen = [0] * keys
+        self.errors = []  # unexpected exceptions in the clients
+        self.next_id = 0
+        self.rr = 0
+
+    # ------------------------------------------------------------ running
+
+    def start(self):
+        for c in range(self.nclients):
+            th = threading.Thread(target=self._client, args=(c,), daemon=True)
+            th.start()
+            self.threads.append(th)
+
+    def stop(self):
+        self.stop_ev.set()
+        for th in self.threads:
+            th.join(timeout=self.op_timeout + 10)
+        if self.errors:
+            raise TestFailure("a load client hit an unexpected error: %s" % self.errors[0])
+
+    def run_for(self, seconds):
+        self.start()
+        time.sleep(seconds)
+        self.stop()
+
+    def _pick(self, rng):
+        with self.lock:
+            i = rng.randrange(len(self.slots))
+            key = self.slots[i]
+            n = self.key_count.get(key, 0)
+            if n >= self.ops_per_key:
+                self.key_gen[i] += 1
+                key = "%s/k%02d.%d" % (self.prefix, i, self.key_gen[i])
+                self.slots[i] = key
+                n = 0
+            self.key_count[key] = n + 1
+            targets = self.targets
+            m = targets[self.rr % len(targets)]
+            self.rr += 1
+            self.next_id += 1
+            return key, m, self.next_id
+
+    def record(self, op):
+        with self.lock:
+            self.ops.append(op)
+
+    def _client(self, c):
+        import random
+        rng = random.Random(self.t.seed * 1000 + c)
+        seen = {}  # key -> the last value this client read or wrote
+        n = 0
+        name = "c%d" % c
+        try:
+            while not self.stop_ev.is_set():
+                n += 1
+                key, m, oid = self._pick(rng)
+                r = rng.random()
+                if r < self.read_rate:
+                    op = self.do_get(m, key, name, oid)
+                    if op.outcome == L.OK:
+                        seen[key] = op.result
+                elif r < self.read_rate + self.cas_rate and seen.get(key) is not None:
+                    value = "%s-%d" % (name, n)
+                    op = self.do_cas(m, key, seen[key], value, name, oid)
+                    if op.outcome == L.OK and op.result:
+                        seen[key] = value
+                else:
+                    value = "%s-%d" % (name, n)
+                    op = self.do_put(m, key, value, name, oid)
+                    if op.outcome == L.OK:
+                        seen[key] = value
+                if self.pause_s:
+                    time.sleep(self.pause_s)
+        except Exception as e:  # a bug in the client itself, or a wrong answer
+            import traceback
+            self.errors.append("%s: %r\n%s" % (name, e, traceback.format_exc()))
+
+    # ------------------------------------------------------------ operations
+
+    def do_put(self, m, key, value, client, oid, timeout=None):
+        t_inv = time.monotonic_ns()
+        try:
+            r = m.kv().Put(rpc.PutRequest(key=key.encode(), value=value.encode()),
+                           timeout=timeout or self.op_timeout)
+            op = L.Op(L.PUT, key, t_inv, time.monotonic_ns(), L.OK, value=value, client=client,
+                      member=m.name, id=oid, note="rev %d" % r.header.revision)
+            op.rev = r.header.revision
+        except grpc.RpcError as e:
+            outcome, text = classify(e)
+            op = L.Op(L.PUT, key, t_inv, time.monotonic_ns(), outcome, value=value, client=client,
+                      member=m.name, id=oid, note=text)
+            op.rev = None
+        op.t_end = time.monotonic_ns()
+        self.record(op)
+        return op
+
+    def do_get(self, m, key, client, oid, timeout=None):
+        t_inv = time.monotonic_ns()
+        try:
+            r = m.kv().Range(rpc.RangeRequest(key=key.encode()), timeout=timeout or self.op_timeout)
+            val = r.kvs[0].value.decode() if r.kvs else None
+            op = L.Op(L.GET, key, t_inv, time.monotonic_ns(), L.OK, result=val, client=client,
+                      member=m.name, id=oid, note="rev %d" % r.header.revision)
+        except grpc.RpcError as e:
+            outcome, text = classify(e)
+            op = L.Op(L.GET, key, t_inv, time.monotonic_ns(), outcome, client=client, member=m.name,
+                      id=oid, note=text)
+        op.rev = None
+        op.t_end = time.monotonic_ns()
+        self.record(op)
+        return op
+
+    def do_cas(self, m, key, expect, value, client, oid, timeout=None):
+        t_inv = time.monotonic_ns()
+        k = key.encode()
+        req = rpc.TxnRequest(
+            compare=[rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.VALUE, key=k,
+                                 value=expect.encode())],
+            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=value.encode()))])
+        try:
+            r = m.kv().Txn(req, timeout=timeout or self.op_timeout)
+            op = L.Op(L.CAS, key, t_inv, time.monotonic_ns(), L.OK, expect=expect, value=value,
+                      result=bool(r.succeeded), client=client, member=m.name, id=oid,
+                      note="rev %d" % r.header.revision)
+            op.rev = r.header.revision if r.succeeded else None
+        except grpc.RpcError as e:
+            outcome, text = classify(e)
+            op = L.Op(L.CAS, key, t_inv, time.monotonic_ns(), outcome, expect=expect, value=value,
+                      client=client, member=m.name, id=oid, note=text)
+            op.rev = None
+        op.t_end = time.monotonic_ns()
+        self.record(op)
+        return op
+
+    # ------------------------------------------------------------ views
+
+    def keys(self):
+        with self.lock:
+            return sorted({o.key for o in self.ops})
+
+    def acked_writes(self):
+        return [o for o in self.ops if o.outcome == L.OK and o.rev is not None]
+
+    def summary(self):
+        by = {}
+        for o in self.ops:
+            by[(o.kind, o.outcome)] = by.get((o.kind, o.outcome), 0) + 1
+        return ", ".join("%s %s: %d" % (k, oc, n) for (k, oc), n in sorted(by.items()))
+
+    def ops_between(self, t_from, t_to, kinds=(L.PUT, L.CAS)):
+        return [o for o in self.ops if o.kind in kinds and o.t_inv >= t_from and o.t_end <= t_to]
+
+    def final_reads(self, members=None, timeout=5):
+        """A linearizable get of every key through every given member (default:
+        the live ones), added to the history. Retries a member a few times
+        (a member just restarted may still be catching up)."""
+        ms = members or self.cluster.live()
+        for key in self.keys():
+            for m in ms:
+                for attempt in range(5):
+                    op = self.do_get(m, key, "final", -1, timeout=timeout)
+                    if op.outcome == L.OK:
+                        break
+                    with self.lock:
+                        self.ops.remove(op)
+                    time.sleep(0.3)
+                else:
+                    raise TestFailure("final read of %s through %s failed 5 times: %s"
+                                      % (key, m.name, op.note))
+
+
+def check_linearizable(t, load, what="the history"):
+    """Checks every key; fails the test with the checker's report."""
+    t0 = time.monotonic()
+    ok, results, report = L.check(load.ops, t0=t.t0_ns)
+    took = time.monotonic() - t0
+    nkeys = len(results)
+    states = sum(r.states for r in results)
+    t.log("linearizability: %d operations on %d keys (%s); checked in %.2f s, %d states"
+          % (len(load.ops), nkeys, load.summary(), took, states))
+    if not ok:
+        t.fail("%s is not linearizable (times are seconds from the start of the test; the note is the"
+               " response's revision or the error):\n%s" % (what, report))
+
+
+def check_acked_everywhere(t, cluster, load, members=None, timeout=20):
+    """Every acknowledged write is on every given member (default: live)."""
+    acked = load.acked_writes()
+    if not acked:
+        t.fail("no write was acknowledged at all (%s)" % load.summary())
+    byrev = {}
+    for o in acked:
+        if o.rev in byrev:
+            p = byrev[o.rev]
+            t.fail("two acknowledged writes got the same revision %d:\n  %s\n  %s"
+                   % (o.rev, p.describe(t.t0_ns), o.describe(t.t0_ns)))
+        byrev[o.rev] = o
+    maxrev = max(byrev)
+    for m in (members or cluster.live()):
+        t.wait_for(timeout, lambda: m.revision() >= maxrev,
+                   "%s reaches revision %d, the highest acknowledged one" % (m.name, maxrev))
+        kv = m.kv()
+        for i in range(0, len(acked), 200):
+            batch = acked[i:i + 200]
+            futs = [(o, kv.Range.future(rpc.RangeRequest(key=o.key.encode(), revision=o.rev, serializable=True),
+                                        timeout=10)) for o in batch]
+            for o, f in futs:
+                try:
+                    r = f.result()
+                except grpc.RpcError as e:
+                    t.fail("%s: reading %s at revision %d failed: %s" % (m.name, o.key, o.rev, grpc_error_text(e)))
+                got = [(kv_.value.decode(), kv_.mod_revision) for kv_ in r.kvs]
+                if got != [(o.value, o.rev)]:
+                    t.fail("%s: the acknowledged write is not there: key %s at revision %d holds %r, expected"
+                           " [(%r, %d)]\n  the write: %s" % (m.name, o.key, o.rev, got, o.value, o.rev,
+                                                             o.describe(t.t0_ns)))
+    t.log("all %d acknowledged writes are on %s (up to revision %d)"
+          % (len(acked), ", ".join(m.name for m in (members or cluster.live())), maxrev))
+    return maxrev
