@@ -591,7 +591,10 @@ class Cluster:
             last.clear()
             for m in ms:
                 try:
-                    last[m.name] = m.status(timeout=1).leader
+                    st = m.status(timeout=1)
+                    last[m.name] = st.leader
+                    if m.id is None and st.header.member_id:
+                        m.id = st.header.member_id
                 except grpc.RpcError as e:
                     last[m.name] = _err(e)
             vals = set(last.values())

@@ -216,10 +216,14 @@ class Load:
         return [o for o in self.ops if o.outcome == L.OK and o.rev is not None]
 
     def summary(self):
+        """Counts by kind and outcome ("cas ok" counts both results; how
+        many of them succeeded is in parentheses)."""
         by = {}
         for o in self.ops:
             by[(o.kind, o.outcome)] = by.get((o.kind, o.outcome), 0) + 1
-        return ", ".join("%s %s: %d" % (k, oc, n) for (k, oc), n in sorted(by.items()))
+        won = sum(1 for o in self.ops if o.kind == L.CAS and o.outcome == L.OK and o.result)
+        return ", ".join("%s %s: %d%s" % (k, oc, n, (" (%d succeeded)" % won) if (k, oc) == (L.CAS, L.OK) else "")
+                         for (k, oc), n in sorted(by.items()))
 
     def ops_between(self, t_from, t_to, kinds=(L.PUT, L.CAS)):
         return [o for o in self.ops if o.kind in kinds and o.t_inv >= t_from and o.t_end <= t_to]
