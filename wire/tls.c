@@ -6,6 +6,7 @@
  * behind the connection's back. This is the only file that includes OpenSSL. */
 #include "wire/tls.h"
 
+#include <arpa/inet.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "common/cairn_assert.h"
 
@@ -154,7 +156,9 @@ static void tls_ctx_free(tls_ctx *ctx) {
   free(ctx);
 }
 
-static int tls_conn_new(tls_ctx *ctx, tls_conn **out) {
+/* A session on ctx with its two memory BIOs, in the accept (server) or
+ * connect (client) state. */
+static int tls_conn_make(tls_ctx *ctx, bool client, tls_conn **out) {
   CAIRN_ASSERT(ctx && out);
   tls_conn *t = calloc(1, sizeof *t);
   if (!t) {
@@ -176,7 +180,11 @@ static int tls_conn_new(tls_ctx *ctx, tls_conn **out) {
   /* An empty memory BIO reports "retry", not end of file. */
   BIO_set_mem_eof_return(t->rbio, -1);
   SSL_set_bio(t->ssl, t->rbio, t->wbio); /* ssl owns both now */
-  SSL_set_accept_state(t->ssl);
+  if (client) {
+    SSL_set_connect_state(t->ssl);
+  } else {
+    SSL_set_accept_state(t->ssl);
+  }
   *out = t;
   return 0;
 
@@ -186,6 +194,10 @@ err_after_alloc:
   free(t);
   ERR_clear_error();
   return CAIRN_ENOMEM;
+}
+
+static int tls_conn_new(tls_ctx *ctx, tls_conn **out) {
+  return tls_conn_make(ctx, false, out);
 }
 
 static void tls_conn_free(tls_conn *t) {
@@ -308,6 +320,99 @@ static const char *tls_error(const tls_conn *t) {
   return t->err;
 }
 
+
+/* ---- client side ------------------------------------------------------------- */
+
+static int tls_client_ctx_new(const struct tls_client_options *o, tls_ctx **out) {
+  if (!o || (o->cert_file && !o->key_file) || (!o->cert_file && o->key_file)) {
+    fprintf(stderr, "wire: tls: a client certificate and its key go together\n");
+    return CAIRN_EINVAL;
+  }
+  tls_ctx *ctx = calloc(1, sizeof *ctx);
+  if (!ctx) {
+    return CAIRN_ENOMEM;
+  }
+  int rc = CAIRN_EINVAL;
+  ERR_clear_error();
+  ctx->ssl_ctx = SSL_CTX_new(TLS_client_method());
+  if (!ctx->ssl_ctx) {
+    tls_print_errors("SSL_CTX_new", NULL);
+    rc = CAIRN_ENOMEM;
+    goto err_after_alloc;
+  }
+  SSL_CTX *sc = ctx->ssl_ctx;
+  if (SSL_CTX_set_min_proto_version(sc, TLS1_2_VERSION) != 1) {
+    tls_print_errors("set minimum version", NULL);
+    goto err_after_ssl_ctx;
+  }
+  SSL_CTX_set_options(sc, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+  SSL_CTX_set_mode(sc, SSL_MODE_RELEASE_BUFFERS);
+  if (o->cert_file) {
+    if (SSL_CTX_use_certificate_chain_file(sc, o->cert_file) != 1) {
+      tls_print_errors("client certificate", o->cert_file);
+      goto err_after_ssl_ctx;
+    }
+    if (SSL_CTX_use_PrivateKey_file(sc, o->key_file, SSL_FILETYPE_PEM) != 1) {
+      tls_print_errors("client key", o->key_file);
+      goto err_after_ssl_ctx;
+    }
+    if (SSL_CTX_check_private_key(sc) != 1) {
+      tls_print_errors("client key does not match the certificate", o->key_file);
+      goto err_after_ssl_ctx;
+    }
+  }
+  if (o->ca_file) {
+    if (SSL_CTX_load_verify_locations(sc, o->ca_file, NULL) != 1) {
+      tls_print_errors("CA", o->ca_file);
+      goto err_after_ssl_ctx;
+    }
+  } else if (SSL_CTX_set_default_verify_paths(sc) != 1) {
+    tls_print_errors("default CA paths", NULL);
+    goto err_after_ssl_ctx;
+  }
+  SSL_CTX_set_verify(sc, o->insecure_skip_verify ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
+  *out = ctx;
+  return 0;
+
+err_after_ssl_ctx:
+  SSL_CTX_free(ctx->ssl_ctx);
+err_after_alloc:
+  free(ctx);
+  ERR_clear_error();
+  return rc;
+}
+
+static bool tls_is_ip_address(const char *name) {
+  unsigned char buf[16];
+  return inet_pton(AF_INET, name, buf) == 1 || inet_pton(AF_INET6, name, buf) == 1;
+}
+
+static int tls_client_conn_new(tls_ctx *ctx, const char *server_name, tls_conn **out) {
+  if (!server_name || !server_name[0]) {
+    return CAIRN_EINVAL;
+  }
+  tls_conn *t = NULL;
+  int rc = tls_conn_make(ctx, true, &t);
+  if (rc != 0) {
+    return rc;
+  }
+  static const unsigned char alpn[] = {2, 'h', '2'};
+  bool ip = tls_is_ip_address(server_name);
+  bool ok = SSL_set_alpn_protos(t->ssl, alpn, sizeof alpn) == 0; /* 0 is success here */
+  if (ok && !ip) {
+    ok = SSL_set_tlsext_host_name(t->ssl, server_name) == 1 && SSL_set1_host(t->ssl, server_name) == 1;
+  } else if (ok) {
+    ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), server_name) == 1;
+  }
+  if (!ok) {
+    tls_conn_free(t);
+    ERR_clear_error();
+    return CAIRN_ENOMEM;
+  }
+  *out = t;
+  return 0;
+}
+
 const struct tls_ops tls_openssl_ops = {
     .ctx_new = tls_ctx_new,
     .ctx_free = tls_ctx_free,
@@ -321,4 +426,6 @@ const struct tls_ops tls_openssl_ops = {
     .handshake_done = tls_handshake_done,
     .alpn = tls_alpn,
     .error = tls_error,
+    .client_ctx_new = tls_client_ctx_new,
+    .client_conn_new = tls_client_conn_new,
 };

@@ -23,6 +23,15 @@ typedef struct tls_conn tls_conn; /* per connection */
 /* Longest error text tls_conn_error() keeps. */
 #define TLS_ERROR_TEXT_MAX 256u
 
+/* The client side (wire/grpc_client.c): how to verify the server and what
+ * to present to it. */
+struct tls_client_options {
+  const char *ca_file;       /* PEM CA bundle; NULL: OpenSSL's default verify paths */
+  const char *cert_file;     /* PEM client certificate chain, or NULL */
+  const char *key_file;      /* its key (required with cert_file) */
+  bool insecure_skip_verify; /* accept any server certificate */
+};
+
 struct tls_ops {
   /* Loads the certificate, key and CA files of o. Errors: CAIRN_EINVAL (a
    * file cannot be read or does not match; the reason on stderr),
@@ -60,6 +69,18 @@ struct tls_ops {
   const char *(*alpn)(const tls_conn *t);
   /* The last failure's text ("" if none); valid until the next call on t. */
   const char *(*error)(const tls_conn *t);
+
+  /* Client side. A client context: TLS 1.2 or later, the server verified
+   * against o->ca_file (unless insecure_skip_verify), o's certificate
+   * presented if asked. Errors: CAIRN_EINVAL (a file cannot be read or the
+   * key does not match; the reason on stderr), CAIRN_ENOMEM. Free with
+   * ctx_free(). */
+  int (*client_ctx_new)(const struct tls_client_options *o, tls_ctx **out);
+  /* A client session on a client ctx: offers ALPN "h2", sends server_name as
+   * SNI (unless it is an IP address) and checks the certificate against it
+   * (DNS name or IP address). The ClientHello is ready for take() after the
+   * first read(). Errors: CAIRN_ENOMEM, CAIRN_EINVAL (server_name empty). */
+  int (*client_conn_new)(tls_ctx *ctx, const char *server_name, tls_conn **out);
 };
 
 /* The OpenSSL implementation (wire/tls.c). */
