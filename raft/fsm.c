@@ -73,7 +73,178 @@ static void queue_release(struct fsm *f) {
   f->n_queued = 0;
 }
 
+/* ---- the store behind raft ------------------------------------------------ */
+
+/* Gives up the queued commands without applying them: each proposer is
+ * answered with err (outcome unknown to it). Only when the store is about to
+ * be replaced by one that holds them. */
+static void queue_drop(struct fsm *f, int err) {
+  for (size_t i = 0; i < f->n_queued; i++) {
+    struct mvcc_result r;
+    memset(&r, 0, sizeof r);
+    r.type = f->queue[i].op.type;
+    r.err = err;
+    f->on_result(f->ctx, f->queue[i].request_id, f->queue[i].index, &r);
+  }
+  queue_release(f);
+}
+
+static void held_release(struct fsm *f) {
+  struct fsm_held *h = f->held_head;
+  while (h != NULL) {
+    struct fsm_held *next = h->next;
+    free(h);
+    h = next;
+  }
+  f->held_head = f->held_tail = NULL;
+  f->n_held = 0;
+  f->held_bytes = 0;
+}
+
+/* Keeps an entry raft applied while the store cannot take it. At the bound
+ * everything held is dropped: the store to fetch must then hold this entry
+ * itself. Returns a raft code (only RAFT_NOMEM, which raft retries). */
+static int held_push(struct fsm *f, uint64_t index, const struct raft_buffer *buf) {
+  if (f->held_bytes + buf->len > FSM_HELD_BYTES_MAX) {
+    f->held_dropped += f->n_held + 1;
+    held_release(f);
+    queue_drop(f, CAIRN_ETIMEOUT); /* the store to fetch holds them too */
+    f->store_state = FSM_STORE_BEHIND;
+    f->need_index = index;
+    fprintf(stderr,
+            "cairn: raft: %zu bytes of entries held while the store is behind; dropped "
+            "them: the store to fetch must reach entry %" PRIu64 "\n",
+            (size_t)FSM_HELD_BYTES_MAX, index);
+    if (f->on_behind != NULL) {
+      f->on_behind(f->ctx);
+    }
+    return 0;
+  }
+  struct fsm_held *h = malloc(sizeof *h + buf->len);
+  if (h == NULL) {
+    return RAFT_NOMEM;
+  }
+  h->next = NULL;
+  h->index = index;
+  h->len = buf->len;
+  memcpy(h->data, buf->base, buf->len);
+  if (f->held_tail != NULL) {
+    f->held_tail->next = h;
+  } else {
+    f->held_head = h;
+  }
+  f->held_tail = h;
+  f->n_held++;
+  f->held_bytes += buf->len;
+  return 0;
+}
+
+/* Enters BEHIND for a marker the store does not cover. */
+static void go_behind(struct fsm *f, const struct fsm_marker *m) {
+  held_release(f); /* raft applies everything after the snapshot again */
+  f->store_state = FSM_STORE_BEHIND;
+  f->need_index = m->store_index;
+  f->need_revision = m->revision;
+  f->marker_index = m->raft_index;
+  if (f->on_behind != NULL) {
+    f->on_behind(f->ctx);
+  }
+}
+
+/* CATCHING_UP: moves held entries into the batch queue, up to its bound,
+ * skipping those the store already has. CAIRN_ENOMEM leaves the rest held;
+ * an entry that does not decode halts the state machine. */
+static int held_to_queue(struct fsm *f) {
+  uint64_t have = mvcc_applied_index(f->store);
+  while (f->held_head != NULL && f->n_queued < FSM_BATCH_MAX) {
+    struct fsm_held *h = f->held_head;
+    if (h->index > have) {
+      struct command *c = calloc(1, sizeof *c);
+      if (c == NULL) {
+        return CAIRN_ENOMEM;
+      }
+      int rc = command_decode(h->data, h->len, c);
+      if (rc == CAIRN_ENOMEM) {
+        free(c);
+        return rc;
+      }
+      if (rc != 0) {
+        free(c);
+        halt(f, rc, h->index, "undecodable command");
+        return rc;
+      }
+      struct fsm_queued *q = &f->queue[f->n_queued++];
+      q->index = h->index;
+      q->request_id = c->request_id;
+      q->op = c->op;
+      q->op.raft_index = h->index;
+      q->cmd = c;
+    }
+    f->held_head = h->next;
+    if (f->held_head == NULL) {
+      f->held_tail = NULL;
+    }
+    f->n_held--;
+    f->held_bytes -= h->len;
+    free(h);
+  }
+  return 0;
+}
+
+int fsm_store_replaced(struct fsm *f) {
+  if (f->store_state != FSM_STORE_BEHIND) {
+    return CAIRN_EINVAL;
+  }
+  CAIRN_ASSERT(f->n_queued == 0); /* nothing is queued while behind */
+  uint64_t have = mvcc_applied_index(f->store);
+  int64_t rev = mvcc_current_revision(f->store);
+  if (have < f->need_index || rev < f->need_revision) {
+    return CAIRN_ENOT_CAPABLE;
+  }
+  f->store_state = FSM_STORE_CATCHING_UP;
+  /* Held entries the new store has are replays. */
+  while (f->held_head != NULL && f->held_head->index <= have) {
+    struct fsm_held *h = f->held_head;
+    f->held_head = h->next;
+    f->n_held--;
+    f->held_bytes -= h->len;
+    free(h);
+  }
+  if (f->held_head == NULL) {
+    f->held_tail = NULL;
+    f->store_state = FSM_STORE_CURRENT;
+  } else if (f->on_queued != NULL) {
+    f->on_queued(f->ctx);
+  }
+  if (f->on_revision != NULL) {
+    f->on_revision(f->ctx, rev);
+  }
+  return 0;
+}
+
+bool fsm_store_holds(const struct fsm *f, uint64_t index) {
+  if (f->store_state != FSM_STORE_CURRENT) {
+    /* The store holds every command up to its applied index, no more. */
+    return index <= mvcc_applied_index(f->store);
+  }
+  if (raft_last_applied(f->raft) < index) {
+    return false;
+  }
+  return f->n_queued == 0 || f->queue[0].index > index;
+}
+
 int fsm_flush(struct fsm *f) {
+  if (f->store_state == FSM_STORE_CATCHING_UP && f->apply_error == 0) {
+    int hrc = held_to_queue(f);
+    if (hrc == CAIRN_ENOMEM && f->n_queued == 0) {
+      return hrc;
+    }
+    if (f->held_head == NULL) {
+      f->store_state = FSM_STORE_CURRENT;
+    } else if (f->on_queued != NULL) {
+      f->on_queued(f->ctx); /* the next batch at the next turn */
+    }
+  }
   size_t n = f->n_queued;
   if (n == 0) {
     return 0;
@@ -131,6 +302,7 @@ int fsm_flush(struct fsm *f) {
 
 void fsm_close(struct fsm *f) {
   queue_release(f);
+  held_release(f);
 }
 
 static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **result) {
@@ -142,6 +314,15 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
   }
   if (index <= mvcc_applied_index(f->store)) {
     return 0; /* a replay: the store has it */
+  }
+  if (f->store_state != FSM_STORE_CURRENT) {
+    /* Held in order, applied once a store that reaches need_index is in. */
+    int hrc = held_push(f, index, buf);
+    if (hrc == 0 && f->store_state == FSM_STORE_CATCHING_UP && f->n_held == 1 &&
+        f->on_queued != NULL) {
+      f->on_queued(f->ctx);
+    }
+    return hrc;
   }
   if (f->n_queued == FSM_BATCH_MAX) {
     int frc = fsm_flush(f);
@@ -181,7 +362,13 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
 
 static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs) {
   struct fsm *f = rf->data;
-  /* The marker speaks for the store: what raft applied must be in it. */
+  /* The marker speaks for the store: what raft applied must be in it. Not
+   * while the store is behind raft, and not while a fetched store is ahead
+   * of raft (the marker's store index would pass its raft index). */
+  if (f->store_state != FSM_STORE_CURRENT ||
+      mvcc_applied_index(f->store) > raft_last_applied(f->raft)) {
+    return RAFT_BUSY;
+  }
   if (fsm_flush(f) != 0 || f->apply_error != 0) {
     return RAFT_BUSY; /* a halted store is not one to snapshot */
   }
@@ -218,10 +405,18 @@ static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf) {
     f->restore_error = CAIRN_ECORRUPT;
     return RAFT_CORRUPT;
   }
+  /* Whatever was queued came before the snapshot: apply it first, so that
+   * the comparison below sees the store as raft left it. */
+  if (fsm_flush(f) != 0) {
+    /* Not now (no memory, an export holds the map): a failed restore would
+     * not help (see fsm.h), and a store that lacks them is behind the
+     * marker, so the store fetched instead holds them. */
+    queue_drop(f, CAIRN_ETIMEOUT);
+  }
   uint64_t have = mvcc_applied_index(f->store);
   int64_t rev = mvcc_current_revision(f->store);
   if (have < m.store_index || rev < m.revision) {
-    if (f->starting) {
+    if (f->starting && !f->can_fetch) {
       fprintf(stderr,
               "cairn: raft: the store (applied index %" PRIu64 ", revision %" PRId64
               ") is behind raft's snapshot (entry %" PRIu64 ": applied index %" PRIu64
@@ -231,13 +426,19 @@ static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf) {
       return RAFT_CORRUPT;
     }
     fprintf(stderr,
-            "cairn: raft: the leader sent a snapshot (entry %" PRIu64
-            "); installing snapshots is not supported yet\n",
-            m.raft_index);
-    f->restore_error = CAIRN_ENOT_CAPABLE;
-    return RAFT_NOTFOUND;
+            "cairn: raft: %s snapshot at entry %" PRIu64 " needs a store at applied index %" PRIu64
+            ", revision %" PRId64 "; this store has %" PRIu64 ", revision %" PRId64
+            ": applying nothing until a store is fetched from another member\n",
+            f->starting ? "the" : "the leader's", m.raft_index, m.store_index, m.revision, have,
+            rev);
+    go_behind(f, &m);
+    raft_free(buf->base);
+    return 0;
   }
-  /* The store holds everything the snapshot covers: nothing to load. */
+  /* The store holds everything the snapshot covers: nothing to load. raft
+   * applies what follows the snapshot again; the store skips what it has. */
+  held_release(f);
+  f->store_state = FSM_STORE_CURRENT;
   raft_free(buf->base);
   return 0;
 }

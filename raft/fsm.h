@@ -24,11 +24,29 @@
  * which puts a checkpoint (an fsync of the data file) before raft writes the
  * snapshot.
  *
- * restore: accepted when the store already holds everything the marker
- * covers (always the case at start-up after a clean run, a process crash, or
- * a machine crash after which the store opened); otherwise refused: the store
- * is behind raft's snapshot (a lost or replaced data file, or an install
- * from a leader, which needs a transfer of the store: not done yet). */
+ * restore: when the store already holds everything the marker covers
+ * (always the case at start-up after a clean run, a process crash, or a
+ * machine crash after which the store opened) there is nothing to load.
+ * Otherwise the store is behind raft's snapshot: an install from the leader
+ * (raft has already replaced its log, so refusing would not help: libraft
+ * 0.15 takes the next InstallSnapshot for that index as done), or, at
+ * start-up, a member that crashed before its store transfer finished or
+ * whose data file was lost. The restore then succeeds and the state machine
+ * is BEHIND: it remembers what the store must reach (the marker's store
+ * index and revision), applies nothing, holds the entries raft hands it in
+ * order (FSM_HELD_BYTES_MAX), refuses snapshots, and tells the owner
+ * (on_behind) so that a store at or past that point is fetched from another
+ * member. fsm_store_replaced() then resumes: CATCHING_UP applies the held
+ * entries (those the new store has are replays, skipped) a batch per flush,
+ * then CURRENT. Past the hold bound the held entries are dropped and the
+ * store must reach the newest dropped one instead (on_behind again). At
+ * start-up with nobody to fetch from (can_fetch false: a single member) a
+ * store behind the snapshot is refused with CAIRN_ECORRUPT, as before.
+ *
+ * Why not let apply fail while behind: libraft 0.15 retries a failed apply
+ * only at the next commit, and a failure in the heartbeat path makes the
+ * follower unavailable (recvCb -> convertToUnavailable); so apply always
+ * accepts, and holding the entries is the state machine's job. */
 #ifndef CAIRN_FSM_H
 #define CAIRN_FSM_H
 
@@ -68,6 +86,26 @@ struct fsm_queued {
   struct command *cmd;
 };
 
+/* The store's state relative to raft (see restore above). */
+enum fsm_store_state { FSM_STORE_CURRENT, FSM_STORE_BEHIND, FSM_STORE_CATCHING_UP };
+
+/* Bytes of entries held while the store is behind. Past it they are
+ * dropped, and the store to fetch must hold them instead. */
+#define FSM_HELD_BYTES_MAX (256u * 1024u * 1024u)
+
+/* An entry raft handed over while the store was behind: its raw command. */
+struct fsm_held {
+  struct fsm_held *next;
+  uint64_t index;
+  size_t len;
+  uint8_t data[];
+};
+
+/* The store went BEHIND, or what it must reach moved: fetch a store whose
+ * applied index is at least need_index. Called from inside libraft: defer
+ * anything but bookkeeping. */
+typedef void (*fsm_behind_cb)(void *ctx);
+
 struct fsm {
   struct raft_fsm raft_fsm; /* give &raft_fsm to raft_init() */
   struct raft *raft;
@@ -80,10 +118,22 @@ struct fsm {
   fsm_batch_cb on_batch;
   struct fsm_queued queue[FSM_BATCH_MAX];
   size_t n_queued;
-  uint64_t batches; /* LMDB transactions that applied entries */
+  uint64_t batches;  /* LMDB transactions that applied entries */
   bool starting;     /* set by the caller around raft_start(): restores are its own */
   int apply_error;   /* 0, or the CAIRN_E* code that halted the state machine */
   int restore_error; /* 0, or why the last restore was refused */
+
+  /* The store behind raft (see restore above). */
+  bool can_fetch; /* set by the owner: other voters exist to fetch a store from */
+  fsm_behind_cb on_behind;
+  enum fsm_store_state store_state;
+  uint64_t need_index;   /* BEHIND: the store's applied index must reach this */
+  int64_t need_revision; /* ... and its revision this */
+  uint64_t marker_index; /* the raft index of the snapshot that put it behind */
+  struct fsm_held *held_head, *held_tail;
+  size_t n_held;
+  size_t held_bytes;
+  uint64_t held_dropped; /* entries dropped at the bound, ever */
 };
 
 void fsm_init(struct fsm *f, struct raft *r, mvcc_store *store, void *ctx, fsm_result_cb on_result,
@@ -97,6 +147,18 @@ int fsm_flush(struct fsm *f);
 
 /* Releases what the queue holds (at close, after a final flush). */
 void fsm_close(struct fsm *f);
+
+/* After the owner replaced the store's data (mvcc_replace) while BEHIND:
+ * 0 when the store reaches need_index and need_revision (CATCHING_UP, or
+ * CURRENT if nothing is held; held entries the store has are dropped, and
+ * on_revision reports the new revision); CAIRN_ENOT_CAPABLE when it still
+ * does not (still BEHIND: fetch again); CAIRN_EINVAL when not BEHIND. */
+int fsm_store_replaced(struct fsm *f);
+
+/* Whether the store holds every entry raft applied up to index (false while
+ * BEHIND or CATCHING_UP, and while a queued command at or below it waits
+ * for its flush). */
+bool fsm_store_holds(const struct fsm *f, uint64_t index);
 
 struct fsm_marker {
   uint64_t raft_index;  /* the snapshot's last entry */

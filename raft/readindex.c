@@ -78,10 +78,9 @@ static void list_append(struct read_list *to, struct read_list *from) {
 }
 
 static bool applied_through(const raftnode *n, uint64_t index) {
-  if (raft_last_applied(n->r) < index) {
-    return false;
-  }
-  return n->fsm.n_queued == 0 || n->fsm.queue[0].index > index;
+  /* raft's applied index, less what is queued, and while the store is
+   * behind raft's snapshot, the store's own (raft/fsm.h). */
+  return fsm_store_holds(&n->fsm, index);
 }
 
 static void maybe_free(struct raftnode_reads *rd) {

@@ -648,6 +648,48 @@ class Cluster:
                         % (p.returncode, " ".join(cmd[1:]), out, err))
         return out, err, p.returncode
 
+    def member_list(self, through):
+        """MemberList through one member, as etcdctl's JSON: a list of
+        {"ID", "name", "peerURLs", "clientURLs", "isLearner"?}."""
+        return self.ctl_json("member", "list", members=[through])["members"]
+
+    def member_add(self, learner=False, through=None):
+        """etcdctl member add [--learner] of a new member (retried while etcd
+        says "unhealthy cluster": it wants every member connected for 5 s);
+        then starts it with --initial-cluster-state existing. Returns it, not
+        waited for."""
+        m = self.new_member()
+        args = ["member", "add", m.name, "--peer-urls=" + m.peer_url] + (["--learner"] if learner else [])
+        out, _, _, n = self.ctl_retry(*(args + ["-w", "json"]), retry_on=("unhealthy cluster",),
+                                      members=through)
+        d = json.loads(out)
+        m.id = d["member"]["ID"]
+        if bool(d["member"].get("isLearner", False)) != learner:
+            self.t.fail("member add%s answered isLearner=%r: %s" % (" --learner" if learner else "",
+                                                                   d["member"].get("isLearner"), out))
+        self.t.log("member add %s%s: ID %x (%d attempts)" % (m.name, " --learner" if learner else "", m.id, n))
+        self.members.append(m)
+        self.start(m, state="existing", initial_cluster=self.initial_cluster())
+        return m
+
+    def ctl_retry(self, *args, retry_on=(), timeout=20, **kw):
+        """etcdctl, retried every 0.5 s while it fails with an error whose text
+        holds one of retry_on (e.g. etcd's "unhealthy cluster" while the
+        members have not all been connected for 5 s) for up to timeout
+        seconds; any other failure, or the same one at the end, fails the
+        test. Returns (stdout, stderr, rc, attempts)."""
+        end = time.monotonic() + timeout
+        n = 0
+        while True:
+            n += 1
+            out, err, rc = self.ctl(*args, check=False, **kw)
+            if rc == 0:
+                return out, err, rc, n
+            if not any(r in err for r in retry_on) or time.monotonic() > end:
+                self.t.fail("etcdctl exited with %d (attempt %d): %s\n--- stdout:\n%s--- stderr:\n%s"
+                            % (rc, n, " ".join(args), out, err))
+            time.sleep(0.5)
+
     def ctl_json(self, *args, **kw):
         out, _, _ = self.ctl(*(list(args) + ["-w", "json"]), **kw)
         try:

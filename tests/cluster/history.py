@@ -295,3 +295,52 @@ def check_acked_everywhere(t, cluster, load, members=None, timeout=20):
     t.log("all %d acknowledged writes are on %s (up to revision %d)"
           % (len(acked), ", ".join(m.name for m in (members or cluster.live())), maxrev))
     return maxrev
+
+
+class Prober:
+    """A client pinned to one member, putting unique values one after the
+    other (every interval_s) on its own keys, recorded into load's history:
+    shows when writes through that member were acknowledged, and when not.
+    Its keys rotate every ops_per_key operations, like the load's."""
+
+    def __init__(self, load, member, interval_s=0.02, timeout=2.0):
+        self.load = load
+        self.member = member
+        self.interval_s = interval_s
+        self.timeout = timeout
+        self.name = "probe-" + member.name
+        self.stop_ev = threading.Event()
+        self.th = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self.th.start()
+        return self
+
+    def stop(self):
+        self.stop_ev.set()
+        self.th.join(timeout=self.timeout + 10)
+
+    def _run(self):
+        n = 0
+        try:
+            while not self.stop_ev.is_set():
+                n += 1
+                key = "%s/%s.%d" % (self.load.prefix, self.name, n // self.load.ops_per_key)
+                self.load.do_put(self.member, key, "%s-%d" % (self.name, n), self.name, -n, timeout=self.timeout)
+                self.stop_ev.wait(self.interval_s)
+        except Exception as e:
+            import traceback
+            self.load.errors.append("%s: %r\n%s" % (self.name, e, traceback.format_exc()))
+
+    def ops(self, t_from=0, t_to=None):
+        t_to = t_to or time.monotonic_ns()
+        with self.load.lock:
+            return [o for o in self.load.ops if o.client == self.name and o.t_inv >= t_from and o.t_end <= t_to]
+
+
+def longest_gap_s(ops, t_from, t_to):
+    """The longest time in [t_from, t_to] (ns) without an acknowledged op
+    among ops, in seconds."""
+    acks = sorted(o.t_ret for o in ops if o.outcome == L.OK and t_from <= o.t_ret <= t_to)
+    points = [t_from] + acks + [t_to]
+    return max(b - a for a, b in zip(points, points[1:])) / 1e9
