@@ -41,7 +41,20 @@
   X(WATCH_CANCELED, 1, "etcdserver: watch canceled")                            \
   X(FOREIGN_FILE, 15, "cairn: data file is not a Cairn store")                  \
   X(BUSY, 14, "cairn: resource busy")                                           \
-  X(UNSYNCED, 15, "cairn: data file was not synced before the machine restarted")
+  X(UNSYNCED, 15, "cairn: data file was not synced before the machine restarted")           \
+  /* Membership (etcd 3.4's rpctypes). */                                                    \
+  X(MEMBER_EXIST, 9, "etcdserver: member ID already exist")                                  \
+  X(PEER_URL_EXIST, 9, "etcdserver: Peer URLs already exists")                               \
+  X(MEMBER_NOT_ENOUGH_STARTED, 9,                                                            \
+    "etcdserver: re-configuration failed due to not enough started members")                 \
+  X(MEMBER_BAD_URLS, 3, "etcdserver: given member URLs are invalid")                         \
+  X(MEMBER_NOT_LEARNER, 9, "etcdserver: can only promote a learner member")                  \
+  X(LEARNER_NOT_READY, 9,                                                                    \
+    "etcdserver: can only promote a learner member which is in sync with leader")            \
+  X(TOO_MANY_LEARNERS, 9, "etcdserver: too many learner members in cluster")                 \
+  X(UNHEALTHY, 14, "etcdserver: unhealthy cluster")                                          \
+  X(BAD_LEADER_TRANSFEREE, 9, "etcdserver: bad leader transferee")                           \
+  X(TIMEOUT_LEADER_TRANSFER, 2, "etcdserver: request timed out, leader transfer took too long")
 
 enum cairn_error {
   CAIRN_OK = 0,

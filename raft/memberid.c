@@ -2,6 +2,7 @@
  * OpenSSL's EVP interface). */
 #include "memberid.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -205,4 +206,69 @@ out:
     memset(out, 0, sizeof *out);
   }
   return rc;
+}
+
+/* ---- members added at run time -------------------------------------------- */
+
+static int cmp_str(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+#define ADDED_PREFIX "cairn-added:"
+#define ADDED_URLS_MAX 16u
+
+int memberid_added(const char *const *peer_urls, size_t n, uint64_t *out) {
+  if (n == 0 || n > ADDED_URLS_MAX) {
+    return CAIRN_EINVAL;
+  }
+  char text[ADDED_URLS_MAX][MEMBERID_URL_MAX];
+  const char *sorted[ADDED_URLS_MAX];
+  size_t len = strlen(ADDED_PREFIX);
+  for (size_t i = 0; i < n; i++) {
+    const char *hostport;
+    if (peer_urls[i] == NULL || trim_copy(peer_urls[i], text[i], sizeof text[i]) != 0 ||
+        !url_check(text[i], &hostport)) {
+      return CAIRN_EINVAL;
+    }
+    sorted[i] = text[i];
+    len += strlen(text[i]);
+  }
+  qsort(sorted, n, sizeof sorted[0], cmp_str);
+  char *buf = malloc(len + 1);
+  if (buf == NULL) {
+    return CAIRN_ENOMEM;
+  }
+  size_t at = strlen(ADDED_PREFIX);
+  memcpy(buf, ADDED_PREFIX, at);
+  for (size_t i = 0; i < n; i++) {
+    size_t l = strlen(sorted[i]);
+    memcpy(buf + at, sorted[i], l);
+    at += l;
+  }
+  int rc = sha1_u64(buf, at, out);
+  free(buf);
+  if (rc == 0 && *out == 0) {
+    rc = CAIRN_EINVAL;
+  }
+  return rc;
+}
+
+int memberid_url_address(const char *url, char *buf, size_t cap) {
+  char text[MEMBERID_URL_MAX];
+  const char *hostport;
+  if (url == NULL || trim_copy(url, text, sizeof text) != 0 || !url_check(text, &hostport) ||
+      strlen(hostport) >= cap) {
+    return CAIRN_EINVAL;
+  }
+  const char *colon = strrchr(hostport, ':');
+  char host[MEMBERID_URL_MAX];
+  size_t hl = (size_t)(colon - hostport);
+  memcpy(host, hostport, hl);
+  host[hl] = 0;
+  struct in_addr a;
+  if (inet_pton(AF_INET, host, &a) != 1) {
+    return CAIRN_EINVAL;
+  }
+  snprintf(buf, cap, "%s", hostport);
+  return 0;
 }

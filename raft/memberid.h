@@ -44,4 +44,18 @@ struct memberid_cluster {
 int memberid_cluster(const char *self_name, const struct raftnode_member *initial, size_t n,
                      const char *token, struct memberid_cluster *out);
 
+/* The id of a member added at run time (MemberAdd), from its peer URLs
+ * alone: the first 8 bytes, big-endian, of SHA-1("cairn-added:" followed by
+ * the URLs, trimmed, sorted and concatenated). etcd adds the time instead;
+ * a deterministic id is what lets the new member, started with
+ * --initial-cluster-state existing, find its own id without asking the
+ * cluster (see docs/raft.md, "Membership"). Errors: CAIRN_EINVAL (no URL,
+ * more than 16, or one that is not http(s)://host:port), CAIRN_EIO. */
+int memberid_added(const char *const *peer_urls, size_t n, uint64_t *out);
+
+/* The raft address (host:port) of a peer URL into buf. CAIRN_EINVAL if the
+ * URL is not http(s)://host:port with an IPv4 host (libraft 0.15's TCP
+ * transport needs one) or does not fit. */
+int memberid_url_address(const char *url, char *buf, size_t cap);
+
 #endif

@@ -20,6 +20,7 @@
 #include "common/cairn_assert.h"
 #include "fsm.h"
 #include "memberid.h"
+#include "membership.h"
 #include "pending.h"
 #include "raftnode_int.h"
 #include "storage/checkpoint.h"
@@ -67,14 +68,9 @@ static void schedule_delivery(raftnode *n) {
   }
 }
 
-void raftnode_schedule_delivery(raftnode *n) {
-  schedule_delivery(n);
-}
-
 /* Runs the watch hub's wake-up, then the proposers' callbacks of the
  * outcomes known now (those that arrive meanwhile wait for the next turn). */
 static void deliver(raftnode *n) {
-  snapinstall_deliver(n);
   if (n->notify_pending) {
     n->notify_pending = false;
     if (n->applied_cb != NULL) {
@@ -244,9 +240,6 @@ int raftnode_propose(raftnode *n, const struct mvcc_op *op, void *data, raftnode
   if (raft_state(n->r) != RAFT_LEADER) {
     return not_leader(n);
   }
-  if (n->fsm.store_state != FSM_STORE_CURRENT) {
-    return CAIRN_ENOT_CAPABLE; /* a leader whose store is behind (snapshot_install.c) */
-  }
   if (n->outstanding >= RAFTNODE_INFLIGHT_MAX) {
     return CAIRN_ETOO_MANY_REQUESTS;
   }
@@ -341,6 +334,7 @@ static int timed_append(struct raft_io *io, struct raft_io_append *req,
 
 static void on_fsm_op(void *ctx, const struct mvcc_op *op, const struct mvcc_result *result) {
   raftnode *n = ctx;
+  membership_on_op(n, op, result);
   if (n->op_cb != NULL) {
     n->op_cb(n->op_data, op, result);
   }
@@ -393,10 +387,6 @@ void raftnode_status(const raftnode *n, struct raftnode_status *out) {
   out->term = n->r->current_term;
   out->commit_index = n->r->commit_index;
   out->applied_index = raft_last_applied(n->r);
-  out->store_behind = n->fsm.store_state != FSM_STORE_CURRENT;
-  if (out->store_behind) {
-    out->applied_index = mvcc_applied_index(n->store);
-  }
   out->is_leader = raft_state(n->r) == RAFT_LEADER;
   out->apply_error = n->fsm.apply_error;
   out->apply_batches = n->fsm.batches;
@@ -423,17 +413,22 @@ static void on_snapshot_durable(void *data, int status, uint64_t durable_index,
     cb(req, RAFT_IOERR); /* raft drops this snapshot and tries a later one */
     return;
   }
-  if (trailing != 0) {
-    struct fsm_marker m;
-    CAIRN_ASSERT(snapshot->n_bufs == 1 &&
-                 fsm_marker_decode(snapshot->bufs[0].base, snapshot->bufs[0].len, &m) == 0);
-    /* The durability rule itself. */
-    CAIRN_ASSERT(durable_index >= m.store_index && durable_revision >= m.revision);
+  if (trailing == 0) {
+    /* An install from the leader (raft replaces its whole log): needs the
+     * store transferred too, which is not done yet. Failing the write leaves
+     * the log on disk as it was. */
+    fprintf(stderr,
+            "cairn: raft: the leader sent a snapshot (entry %llu); installing snapshots "
+            "is not supported yet\n",
+            snapshot->index);
+    cb(req, RAFT_NOTFOUND);
+    return;
   }
-  /* trailing 0: an install from the leader; raft replaces its whole log with
-   * the marker, which the store may be behind (the restore that follows puts
-   * it BEHIND: snapshot_install.c). The checkpoint made what the store has
-   * durable first. */
+  struct fsm_marker m;
+  CAIRN_ASSERT(snapshot->n_bufs == 1 &&
+               fsm_marker_decode(snapshot->bufs[0].base, snapshot->bufs[0].len, &m) == 0);
+  /* The durability rule itself. */
+  CAIRN_ASSERT(durable_index >= m.store_index && durable_revision >= m.revision);
   int rv = n->snapshot_put(&n->io, trailing, req, snapshot, cb);
   if (rv != 0) {
     fprintf(stderr, "cairn: raft: snapshot %llu: %s\n", snapshot->index, raft_strerror(rv));
@@ -469,6 +464,7 @@ static void finish(raftnode *n) {
   CAIRN_ASSERT(n->outstanding == 0 && n->pending.head == NULL && !n->put.pending);
   deliver(n);
   fsm_close(&n->fsm);
+  membership_free(n); /* its last callbacks (outcomes settled by the close) */
   void (*cb)(void *) = n->closed_cb;
   void *data = n->closed_data;
   free(n);
@@ -491,6 +487,7 @@ static void on_fileio_closed(void *data) {
   uv_close((uv_handle_t *)&n->deliver_timer, on_handle_closed);
   uv_close((uv_handle_t *)&n->flush_timer, on_handle_closed);
   uv_close((uv_handle_t *)&n->stop_timer, on_handle_closed);
+  membership_close_handles(n, on_handle_closed);
 }
 
 /* After raft's close callback, outside it: raft's memory may go now. */
@@ -654,17 +651,21 @@ int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_opt
     free(n);
     return CAIRN_ECORRUPT;
   }
-  if (!used && !opts->new_cluster) {
-    fprintf(stderr,
-            "cairn: raft: no raft log in %s and not a new cluster: joining an existing "
-            "cluster is not supported yet\n",
-            dir);
+  /* This member's id (kept from its first start; a member joining an
+   * existing cluster takes the id MemberAdd gave its peer URLs), the cluster
+   * id and the member table (membership.c). */
+  char self_address[MEMBERID_ADDRESS_MAX];
+  rc = membership_prepare(n, opts, opts->data_dir, used, self_address, sizeof self_address);
+  if (rc != 0) {
+    membership_free(n);
     free(n);
-    return CAIRN_EINVAL;
+    return rc;
   }
+  n->id_prefix = (n->ids.self_id & 0xffffu) << 48;
 
   rc = fileio_init(loop, 0, &n->fio);
   if (rc != 0) {
+    membership_free(n);
     free(n);
     return rc;
   }
@@ -686,17 +687,6 @@ int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_opt
   fsm_init(&n->fsm, n->r, store, n, on_fsm_result, on_fsm_revision, on_fsm_queued);
   n->fsm.on_op = on_fsm_op;
   n->fsm.on_batch = on_fsm_batch;
-  /* A store behind raft's snapshot is fetched from another member; with
-   * none, it is refused at start (snapshot_install.c). */
-  n->fsm.on_behind = snapinstall_on_behind;
-  n->fsm.can_fetch = n->ids.n > 1;
-  const char *self_address = NULL;
-  for (size_t i = 0; i < n->ids.n; i++) {
-    if (n->ids.members[i].id == n->ids.self_id) {
-      self_address = n->ids.members[i].address;
-    }
-  }
-  CAIRN_ASSERT(self_address != NULL);
   rv = raft_init(n->r, &n->io, &n->fsm.raft_fsm, n->ids.self_id, self_address);
   if (rv != 0) {
     fprintf(stderr, "cairn: raft: init: %s\n", raft_errmsg(n->r));
@@ -710,6 +700,7 @@ int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_opt
   n->timeout_timer.data = n->deliver_timer.data = n->stop_timer.data = n;
   n->flush_timer.data = n;
   n->handles_open = 4;
+  membership_start(n);
   /* From here on failures close raft, asynchronously. */
   raft_set_heartbeat_timeout(n->r, heartbeat);
   raft_set_election_timeout(n->r, election);
@@ -750,6 +741,7 @@ err_after_transport:
   raft_uv_tcp_close(&n->transport);
 err_after_fileio:
   fileio_close(n->fio, NULL, NULL);
+  membership_free(n);
   free(n);
   return raft_to_cairn(rv);
 }

@@ -39,10 +39,7 @@ struct raftnode_member {
 #define RAFTNODE_ELECTION_MS_DEFAULT 1000u
 #define RAFTNODE_SNAPSHOT_COUNT_DEFAULT 100000u /* etcd 3.4's --snapshot-count */
 /* Entries kept in the log behind each snapshot, so that a follower a little
- * behind catches up from the log (etcd's snapshot catch-up entries): this
- * many, or the snapshot count if smaller (so that small --snapshot-count
- * settings really truncate the log). A follower further behind is sent the
- * snapshot and fetches a store (raftnode_on_store_needed). */
+ * behind catches up from the log (etcd's snapshot catch-up entries). */
 #define RAFTNODE_SNAPSHOT_TRAILING 5000u
 
 struct raftnode_options {
@@ -56,6 +53,12 @@ struct raftnode_options {
   unsigned election_ms;        /* --election-timeout, 0: 1000 */
   uint64_t snapshot_count;     /* --snapshot-count: entries between snapshots, 0: 100000 */
   unsigned request_timeout_ms; /* a proposal's deadline; 0: 5000 + 2 * election_ms (etcd's) */
+  /* Membership (raft/membership.c): this member's client URLs
+   * (--advertise-client-urls), published in the member table with its name
+   * (by itself when it leads; a follower asks the leader through
+   * /cairnserverpb.Internal/Publish). Copied at start. */
+  const char *const *client_urls;
+  size_t n_client_urls;
 };
 
 /* The outcome of a proposal. status is 0 when the op was applied: result is
@@ -131,53 +134,8 @@ struct raftnode_status {
   bool is_leader;
   uint64_t apply_batches; /* LMDB transactions that applied raft entries */
   int apply_error; /* 0, or the CAIRN_E* code that halted the state machine */
-  /* The store is behind raft's snapshot (raftnode_on_store_needed): it holds
-   * an older state and applies nothing until a store is fetched, or it is
-   * applying the entries held meanwhile. applied_index is then the store's
-   * (what reads from it reflect), not raft's. */
-  bool store_behind;
 };
 void raftnode_status(const raftnode *n, struct raftnode_status *out);
-
-/* ---- a store behind raft's snapshot (raft/snapshot_install.c) ------------ */
-
-/* raft's snapshot holds only a marker; the data is the store. When the
- * leader installs a snapshot here because this member is too far behind (or
- * at start-up raft's snapshot on disk is newer than the store: a member that
- * crashed before its transfer finished, or lost its data file, in a cluster
- * with other voters), the store is "behind": it keeps serving what it has
- * (serializable reads, at its own revision), applies nothing, and the
- * entries raft commits meanwhile are held in order. cb(data, index, term)
- * then runs from the loop: the owner must fetch a store whose applied index
- * is at least index (mvcc_snapshot_export of another member's store: the
- * leader's, or any member's that far), put it in place with mvcc_replace,
- * and call raftnode_store_replaced. term is the term of raft's snapshot
- * (0 if unknown). cb runs again if what is needed moves (a later snapshot,
- * or held entries dropped at their bound), and after a replaced store that
- * was not far enough. While behind, raftnode_propose refuses with
- * CAIRN_ENOT_CAPABLE (a leader that is behind cannot answer proposals until
- * it caught up) and raft takes no snapshot. One listener; NULL removes it;
- * set while behind, cb runs soon. */
-typedef void (*raftnode_store_needed_cb)(void *data, uint64_t index, uint64_t term);
-void raftnode_on_store_needed(raftnode *n, raftnode_store_needed_cb cb, void *data);
-
-/* Whether raft's snapshot gate has a checkpoint of the store in flight (an
- * installed snapshot is made durable that way too): mvcc_replace() must wait
- * until this is false (a replace changes the data file under a checkpoint),
- * as for the owner's own checkpoints. */
-bool raftnode_store_busy(const raftnode *n);
-
-/* After mvcc_replace() of the store given to raftnode_start (no checkpoint of
- * it in flight: see raftnode_store_busy): re-reads the store's applied index and revision and, if
- * they reach what was needed, resumes: the held entries are applied (those
- * the new store already has are skipped as replays), a batch per loop turn;
- * the applied listener (raftnode_on_applied) hears of the new revision.
- * Errors: CAIRN_ENOT_CAPABLE (the store is still behind: the store-needed
- * callback runs again), CAIRN_EINVAL (the store was not behind). */
-int raftnode_store_replaced(raftnode *n);
-
-/* Whether the store is behind or still catching up (as store_behind). */
-bool raftnode_store_behind(const raftnode *n);
 
 /* ---- linearizable reads (raft/readindex.c) ------------------------------- */
 
@@ -208,6 +166,102 @@ int raftnode_wait_applied(raftnode *n, uint64_t index, uint64_t timeout_ms, void
 
 /* Voting members in the current configuration. */
 unsigned raftnode_voters(const raftnode *n);
+
+/* ---- membership (raft/membership.c) -------------------------------------- */
+
+/* The replicated member table (a meta value of the store, written through
+ * raft by the leader, so snapshots of the store carry it) joined with
+ * libraft's configuration. See docs/raft.md, "Membership". */
+struct raftnode_member_info {
+  uint64_t id;
+  const char *name; /* "" until the member published itself (etcd's "unstarted") */
+  const char *const *peer_urls;
+  size_t n_peer_urls;
+  const char *const *client_urls;
+  size_t n_client_urls;
+  bool is_learner;
+};
+
+/* The members, ordered by id (as etcd's MemberList), in one allocation
+ * (*out) the caller frees with raftnode_members_free(). Before the table
+ * was written (a new cluster's first moments) the members come from the
+ * initial cluster; on a joining member that has not received the table
+ * yet, from raft's configuration (peer URL http://<raft address>).
+ * Errors: CAIRN_ENOMEM. */
+int raftnode_members(raftnode *n, struct raftnode_member_info **out, size_t *n_out);
+void raftnode_members_free(struct raftnode_member_info *members);
+
+/* The first client URL of member id into buf (NUL-terminated): how a
+ * follower reaches its leader. Errors: CAIRN_EMEMBER_NOT_FOUND (no such
+ * member), CAIRN_EINVAL (the member has published no client URL yet, or buf
+ * is too small). */
+int raftnode_member_client_url(raftnode *n, uint64_t id, char *buf, size_t cap);
+
+/* Whether this member's own name and client URLs (raftnode_options) are in
+ * the table as applied here: a follower publishes until this holds. */
+bool raftnode_self_published(raftnode *n);
+
+/* The outcome of a membership call: status 0 or a CAIRN_E* code; id is the
+ * member concerned (the new member's for raftnode_member_add). cb runs from
+ * the loop, never inside the call that started it. */
+typedef void (*raftnode_member_cb)(void *data, int status, uint64_t id);
+
+/* Bounds: membership calls waiting on the leader at once. */
+#define RAFTNODE_MEMBER_CALLS_MAX 64u
+
+/* All of the following run on the leader only, in order, one table write
+ * at a time. Errors returned at once (cb never called): CAIRN_ENOT_LEADER /
+ * CAIRN_ENO_LEADER, CAIRN_ESTOPPED, CAIRN_ETOO_MANY_REQUESTS (at
+ * RAFTNODE_MEMBER_CALLS_MAX), CAIRN_EINVAL (bad arguments), CAIRN_ENOMEM.
+ * Errors through cb: etcd's (below), and CAIRN_ELEADER_CHANGED /
+ * CAIRN_ETIMEOUT / CAIRN_ESTOPPED (outcome unknown, as for proposals). */
+
+/* Records a member's name and client URLs (unchanged: done without an
+ * entry). cb: CAIRN_EMEMBER_NOT_FOUND. */
+int raftnode_publish(raftnode *n, uint64_t id, const char *name, const char *const *client_urls,
+                     size_t n_client_urls, void *data, raftnode_member_cb cb);
+
+/* etcd's MemberAdd: a voter or a learner with these peer URLs, no name and
+ * no client URL until it starts and publishes. Its id is memberid_added()
+ * of the URLs. A voter is a raft stand-by until it has caught up, then the
+ * leader makes it a voter (MemberList reports it as a voter from the start,
+ * as etcd). cb: CAIRN_EMEMBER_BAD_URLS (checked at once: returned, not
+ * through cb), CAIRN_EMEMBER_EXIST, CAIRN_EPEER_URL_EXIST,
+ * CAIRN_ETOO_MANY_LEARNERS, CAIRN_EMEMBER_NOT_ENOUGH_STARTED. */
+int raftnode_member_add(raftnode *n, const char *const *peer_urls, size_t n_peer_urls,
+                        bool is_learner, void *data, raftnode_member_cb cb);
+
+/* etcd's MemberRemove, the leader itself included (it steps down once
+ * raft's change commits; a removed member is told through
+ * raftnode_on_removed()). cb: CAIRN_EMEMBER_NOT_FOUND,
+ * CAIRN_EMEMBER_NOT_ENOUGH_STARTED. */
+int raftnode_member_remove(raftnode *n, uint64_t id, void *data, raftnode_member_cb cb);
+
+/* etcd's MemberUpdate: new peer URLs (raft dials the member there from now
+ * on; the member itself must be restarted with them). cb:
+ * CAIRN_EMEMBER_BAD_URLS (returned at once), CAIRN_EMEMBER_NOT_FOUND,
+ * CAIRN_EPEER_URL_EXIST. */
+int raftnode_member_update(raftnode *n, uint64_t id, const char *const *peer_urls,
+                           size_t n_peer_urls, void *data, raftnode_member_cb cb);
+
+/* etcd's MemberPromote of a learner that is in sync (its log within 90% of
+ * the leader's, etcd's rule). cb: CAIRN_EMEMBER_NOT_FOUND,
+ * CAIRN_EMEMBER_NOT_LEARNER, CAIRN_ELEARNER_NOT_READY,
+ * CAIRN_EMEMBER_NOT_ENOUGH_STARTED. */
+int raftnode_member_promote(raftnode *n, uint64_t id, void *data, raftnode_member_cb cb);
+
+/* etcd's MoveLeader: raft's leadership transfer to target, a voting member
+ * (this member itself: done at once). Returned at once:
+ * CAIRN_EBAD_LEADER_TRANSFEREE (not a voting member, or not a raft voter
+ * yet), CAIRN_ETOO_MANY_REQUESTS (a transfer runs). cb: 0 once target
+ * leads, CAIRN_ETIMEOUT_LEADER_TRANSFER if it did not within an election
+ * timeout. */
+int raftnode_move_leader(raftnode *n, uint64_t target, void *data, raftnode_member_cb cb);
+
+/* cb runs once when this member finds itself removed from the cluster (and,
+ * when it led, after raft's change committed and it stepped down): etcd
+ * stops such a member. One listener; NULL removes it. */
+void raftnode_on_removed(raftnode *n, void (*cb)(void *data), void *data);
 
 /* Stops raft cleanly: new proposals get CAIRN_ESTOPPED at once; the ones in
  * flight get their outcome, waiting for them at most the request timeout
