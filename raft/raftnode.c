@@ -68,9 +68,14 @@ static void schedule_delivery(raftnode *n) {
   }
 }
 
+void raftnode_schedule_delivery(raftnode *n) {
+  schedule_delivery(n);
+}
+
 /* Runs the watch hub's wake-up, then the proposers' callbacks of the
  * outcomes known now (those that arrive meanwhile wait for the next turn). */
 static void deliver(raftnode *n) {
+  snapinstall_deliver(n);
   if (n->notify_pending) {
     n->notify_pending = false;
     if (n->applied_cb != NULL) {
@@ -240,6 +245,9 @@ int raftnode_propose(raftnode *n, const struct mvcc_op *op, void *data, raftnode
   if (raft_state(n->r) != RAFT_LEADER) {
     return not_leader(n);
   }
+  if (n->fsm.store_state != FSM_STORE_CURRENT) {
+    return CAIRN_ENOT_CAPABLE; /* a leader whose store is behind (snapshot_install.c) */
+  }
   if (n->outstanding >= RAFTNODE_INFLIGHT_MAX) {
     return CAIRN_ETOO_MANY_REQUESTS;
   }
@@ -387,6 +395,10 @@ void raftnode_status(const raftnode *n, struct raftnode_status *out) {
   out->term = n->r->current_term;
   out->commit_index = n->r->commit_index;
   out->applied_index = raft_last_applied(n->r);
+  out->store_behind = n->fsm.store_state != FSM_STORE_CURRENT;
+  if (out->store_behind) {
+    out->applied_index = mvcc_applied_index(n->store);
+  }
   out->is_leader = raft_state(n->r) == RAFT_LEADER;
   out->apply_error = n->fsm.apply_error;
   out->apply_batches = n->fsm.batches;
@@ -413,22 +425,17 @@ static void on_snapshot_durable(void *data, int status, uint64_t durable_index,
     cb(req, RAFT_IOERR); /* raft drops this snapshot and tries a later one */
     return;
   }
-  if (trailing == 0) {
-    /* An install from the leader (raft replaces its whole log): needs the
-     * store transferred too, which is not done yet. Failing the write leaves
-     * the log on disk as it was. */
-    fprintf(stderr,
-            "cairn: raft: the leader sent a snapshot (entry %llu); installing snapshots "
-            "is not supported yet\n",
-            snapshot->index);
-    cb(req, RAFT_NOTFOUND);
-    return;
+  if (trailing != 0) {
+    struct fsm_marker m;
+    CAIRN_ASSERT(snapshot->n_bufs == 1 &&
+                 fsm_marker_decode(snapshot->bufs[0].base, snapshot->bufs[0].len, &m) == 0);
+    /* The durability rule itself. */
+    CAIRN_ASSERT(durable_index >= m.store_index && durable_revision >= m.revision);
   }
-  struct fsm_marker m;
-  CAIRN_ASSERT(snapshot->n_bufs == 1 &&
-               fsm_marker_decode(snapshot->bufs[0].base, snapshot->bufs[0].len, &m) == 0);
-  /* The durability rule itself. */
-  CAIRN_ASSERT(durable_index >= m.store_index && durable_revision >= m.revision);
+  /* trailing 0: an install from the leader; raft replaces its whole log with
+   * the marker, which the store may be behind (the restore that follows puts
+   * it BEHIND: snapshot_install.c). The checkpoint made what the store has
+   * durable first. */
   int rv = n->snapshot_put(&n->io, trailing, req, snapshot, cb);
   if (rv != 0) {
     fprintf(stderr, "cairn: raft: snapshot %llu: %s\n", snapshot->index, raft_strerror(rv));
@@ -687,6 +694,10 @@ int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_opt
   fsm_init(&n->fsm, n->r, store, n, on_fsm_result, on_fsm_revision, on_fsm_queued);
   n->fsm.on_op = on_fsm_op;
   n->fsm.on_batch = on_fsm_batch;
+  /* A store behind raft's snapshot is fetched from another member; with
+   * none, it is refused at start (snapshot_install.c). */
+  n->fsm.on_behind = snapinstall_on_behind;
+  n->fsm.can_fetch = n->ids.n > 1;
   rv = raft_init(n->r, &n->io, &n->fsm.raft_fsm, n->ids.self_id, self_address);
   if (rv != 0) {
     fprintf(stderr, "cairn: raft: init: %s\n", raft_errmsg(n->r));

@@ -39,7 +39,10 @@ struct raftnode_member {
 #define RAFTNODE_ELECTION_MS_DEFAULT 1000u
 #define RAFTNODE_SNAPSHOT_COUNT_DEFAULT 100000u /* etcd 3.4's --snapshot-count */
 /* Entries kept in the log behind each snapshot, so that a follower a little
- * behind catches up from the log (etcd's snapshot catch-up entries). */
+ * behind catches up from the log (etcd's snapshot catch-up entries): this
+ * many, or the snapshot count if smaller (so that small --snapshot-count
+ * settings really truncate the log). A follower further behind is sent the
+ * snapshot and fetches a store (raftnode_on_store_needed). */
 #define RAFTNODE_SNAPSHOT_TRAILING 5000u
 
 struct raftnode_options {
@@ -134,8 +137,53 @@ struct raftnode_status {
   bool is_leader;
   uint64_t apply_batches; /* LMDB transactions that applied raft entries */
   int apply_error; /* 0, or the CAIRN_E* code that halted the state machine */
+  /* The store is behind raft's snapshot (raftnode_on_store_needed): it holds
+   * an older state and applies nothing until a store is fetched, or it is
+   * applying the entries held meanwhile. applied_index is then the store's
+   * (what reads from it reflect), not raft's. */
+  bool store_behind;
 };
 void raftnode_status(const raftnode *n, struct raftnode_status *out);
+
+/* ---- a store behind raft's snapshot (raft/snapshot_install.c) ------------ */
+
+/* raft's snapshot holds only a marker; the data is the store. When the
+ * leader installs a snapshot here because this member is too far behind (or
+ * at start-up raft's snapshot on disk is newer than the store: a member that
+ * crashed before its transfer finished, or lost its data file, in a cluster
+ * with other voters), the store is "behind": it keeps serving what it has
+ * (serializable reads, at its own revision), applies nothing, and the
+ * entries raft commits meanwhile are held in order. cb(data, index, term)
+ * then runs from the loop: the owner must fetch a store whose applied index
+ * is at least index (mvcc_snapshot_export of another member's store: the
+ * leader's, or any member's that far), put it in place with mvcc_replace,
+ * and call raftnode_store_replaced. term is the term of raft's snapshot
+ * (0 if unknown). cb runs again if what is needed moves (a later snapshot,
+ * or held entries dropped at their bound), and after a replaced store that
+ * was not far enough. While behind, raftnode_propose refuses with
+ * CAIRN_ENOT_CAPABLE (a leader that is behind cannot answer proposals until
+ * it caught up) and raft takes no snapshot. One listener; NULL removes it;
+ * set while behind, cb runs soon. */
+typedef void (*raftnode_store_needed_cb)(void *data, uint64_t index, uint64_t term);
+void raftnode_on_store_needed(raftnode *n, raftnode_store_needed_cb cb, void *data);
+
+/* Whether raft's snapshot gate has a checkpoint of the store in flight (an
+ * installed snapshot is made durable that way too): mvcc_replace() must wait
+ * until this is false (a replace changes the data file under a checkpoint),
+ * as for the owner's own checkpoints. */
+bool raftnode_store_busy(const raftnode *n);
+
+/* After mvcc_replace() of the store given to raftnode_start (no checkpoint of
+ * it in flight: see raftnode_store_busy): re-reads the store's applied index and revision and, if
+ * they reach what was needed, resumes: the held entries are applied (those
+ * the new store already has are skipped as replays), a batch per loop turn;
+ * the applied listener (raftnode_on_applied) hears of the new revision.
+ * Errors: CAIRN_ENOT_CAPABLE (the store is still behind: the store-needed
+ * callback runs again), CAIRN_EINVAL (the store was not behind). */
+int raftnode_store_replaced(raftnode *n);
+
+/* Whether the store is behind or still catching up (as store_behind). */
+bool raftnode_store_behind(const raftnode *n);
 
 /* ---- linearizable reads (raft/readindex.c) ------------------------------- */
 

@@ -117,6 +117,14 @@ struct raftnode {
    * leader's queue of table writes and raft changes, the transfer. */
   struct membership *mem;
 
+  /* A store behind raft's snapshot (snapshot_install.c): the owner's
+   * listener, and whether it must hear (again) what is needed. */
+  struct {
+    raftnode_store_needed_cb cb;
+    void *data;
+    bool notify;
+  } install;
+
   uint64_t stop_deadline_ms;
   void (*closed_cb)(void *data);
   void *closed_data;
@@ -126,5 +134,14 @@ struct raftnode {
  * every waiting read with CAIRN_ESTOPPED at a stop. */
 bool readindex_busy(const raftnode *n);
 void readindex_stop(raftnode *n);
+
+/* raftnode.c: runs deliver() at the next loop turn (the applied listener,
+ * the store-needed listener, the proposers' outcomes). */
+void raftnode_schedule_delivery(raftnode *n);
+
+/* snapshot_install.c: the state machine's on_behind (inside libraft:
+ * bookkeeping only), and the store-needed listener's call from deliver(). */
+void snapinstall_on_behind(void *ctx);
+void snapinstall_deliver(raftnode *n);
 
 #endif
