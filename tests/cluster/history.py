@@ -344,3 +344,22 @@ def longest_gap_s(ops, t_from, t_to):
     acks = sorted(o.t_ret for o in ops if o.outcome == L.OK and t_from <= o.t_ret <= t_to)
     points = [t_from] + acks + [t_to]
     return max(b - a for a, b in zip(points, points[1:])) / 1e9
+
+
+def wait_acks(t, load, since_ns, n, members=None, timeout=10, what="writes"):
+    """Waits until at least n writes invoked after since_ns were acknowledged
+    (through the given members, default any); returns them."""
+    names = None if members is None else {m.name for m in members}
+
+    def acked():
+        with load.lock:
+            ops = [o for o in load.ops if o.kind in (L.PUT, L.CAS) and o.t_inv >= since_ns and o.outcome == L.OK
+                   and o.rev is not None and (names is None or o.member in names)]
+        return ops if len(ops) >= n else None
+
+    try:
+        return t.wait_for(timeout, acked, "")
+    except TestFailure:
+        t.fail("fewer than %d %s acknowledged%s within %d s (%s)"
+               % (n, what, "" if names is None else " through " + "/".join(sorted(names)), timeout,
+                  load.summary()))
