@@ -9,6 +9,7 @@
 
 #include "common/cairn_assert.h"
 #include "server/metrics.h"
+#include "server/forward.h"
 #include "server/server.h"
 #include "server/watch_hub.h"
 
@@ -360,13 +361,8 @@ static void kv_bad_request(struct server *s, const char *path, grpc_call *call) 
   grpc_call_finish(call, GRPC_INTERNAL, "grpc: error unmarshalling request");
 }
 
-static void kv_range(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
-  struct server *s = ctx;
-  Etcdserverpb__RangeRequest *req = etcdserverpb__range_request__unpack(NULL, len, msg);
-  if (req == NULL) {
-    kv_bad_request(s, PATH_RANGE, call);
-    return;
-  }
+static void kv_range_serve(struct server *s, grpc_call *call,
+                           const Etcdserverpb__RangeRequest *req) {
   struct mvcc_range_req q;
   range_from_pb(req, &q);
   struct mvcc_result res;
@@ -386,7 +382,38 @@ static void kv_range(grpc_call *call, const uint8_t *msg, size_t len, void *ctx)
     scratch_free(&sc);
   }
   mvcc_result_free(&res);
+}
+
+/* A linearizable Range once the read index is reached (server/forward.h). */
+static void kv_range_linearized(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
+  struct server *s = ctx;
+  Etcdserverpb__RangeRequest *req = etcdserverpb__range_request__unpack(NULL, len, msg);
+  if (req == NULL) {
+    kv_bad_request(s, PATH_RANGE, call);
+    return;
+  }
+  kv_range_serve(s, call, req);
   etcdserverpb__range_request__free_unpacked(req, NULL);
+}
+
+static void kv_range(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
+  struct server *s = ctx;
+  Etcdserverpb__RangeRequest *req = etcdserverpb__range_request__unpack(NULL, len, msg);
+  if (req == NULL) {
+    kv_bad_request(s, PATH_RANGE, call);
+    return;
+  }
+  if (!req->serializable && server_read_gate_needed(s)) {
+    etcdserverpb__range_request__free_unpacked(req, NULL);
+    (void)server_read_gate(s, call, msg, len, kv_range_linearized, s);
+    return;
+  }
+  kv_range_serve(s, call, req);
+  etcdserverpb__range_request__free_unpacked(req, NULL);
+}
+
+static void kv_read_close(grpc_call *call, void *ctx) {
+  server_read_gate_closed(ctx, call);
 }
 
 /* Whether an op adds data (refused while the NOSPACE alarm is raised, as
@@ -505,7 +532,7 @@ static void on_written(struct server *s, void *data, int status, struct mvcc_res
 }
 
 static void kv_write_close(grpc_call *call, void *ctx) {
-  (void)ctx;
+  server_read_gate_closed(ctx, call);
   struct pending_write *w = grpc_call_user(call);
   if (w != NULL) {
     w->cancelled = true; /* the proposal's callback frees it */
@@ -583,6 +610,8 @@ static void kv_delete(grpc_call *call, const uint8_t *msg, size_t len, void *ctx
 }
 
 /* A txn without writes is a read: served from the store, like Range. */
+static void kv_txn_linearized(grpc_call *call, const uint8_t *msg, size_t len, void *ctx);
+
 static bool txn_has_writes(const struct mvcc_request_op *ops, size_t n) {
   for (size_t i = 0; i < n; i++) {
     if (ops[i].type == MVCC_REQUEST_PUT || ops[i].type == MVCC_REQUEST_DELETE) {
@@ -597,7 +626,36 @@ static bool txn_has_writes(const struct mvcc_request_op *ops, size_t n) {
   return false;
 }
 
-static void kv_txn(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
+/* A read-only Txn: applied on a batch of its own (no revision, no log
+ * entry). */
+static void txn_read_only(struct server *s, grpc_call *call, const struct mvcc_op *op) {
+  struct mvcc_result res;
+  memset(&res, 0, sizeof res);
+  int rc = mvcc_check_op(s->store, op);
+  if (rc == 0) {
+    rc = mvcc_apply(s->store, op, 1, &res);
+  }
+  if (rc == 0 && res.err != 0) {
+    rc = res.err;
+  }
+  if (rc != 0) {
+    kv_fail(s, PATH_TXN, call, rc);
+  } else {
+    struct scratch out_sc = {0};
+    Etcdserverpb__TxnResponse out;
+    rc = txn_to_pb(s, &res.u.txn, &out_sc, &out, true);
+    if (rc == 0) {
+      metrics_inc(s->metrics, METRIC_MVCC_TXN);
+      kv_reply(s, PATH_TXN, call, &out.base);
+    } else {
+      kv_fail(s, PATH_TXN, call, rc);
+    }
+    scratch_free(&out_sc);
+  }
+  mvcc_result_free(&res);
+}
+
+static void kv_txn_run(grpc_call *call, const uint8_t *msg, size_t len, void *ctx, bool linearized) {
   struct server *s = ctx;
   Etcdserverpb__TxnRequest *req = etcdserverpb__txn_request__unpack(NULL, len, msg);
   if (req == NULL) {
@@ -611,36 +669,23 @@ static void kv_txn(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
     kv_fail(s, PATH_TXN, call, rc);
   } else if (!txn_has_writes(op.u.txn.success, op.u.txn.n_success) &&
              !txn_has_writes(op.u.txn.failure, op.u.txn.n_failure)) {
-    /* Read-only: applied on a batch of its own (no revision, no log entry). */
-    struct mvcc_result res;
-    memset(&res, 0, sizeof res);
-    rc = mvcc_check_op(s->store, &op);
-    if (rc == 0) {
-      rc = mvcc_apply(s->store, &op, 1, &res);
+    if (linearized || !server_read_gate_needed(s) ||
+        !server_read_gate(s, call, msg, len, kv_txn_linearized, s)) {
+      txn_read_only(s, call, &op);
     }
-    if (rc == 0 && res.err != 0) {
-      rc = res.err;
-    }
-    if (rc != 0) {
-      kv_fail(s, PATH_TXN, call, rc);
-    } else {
-      struct scratch out_sc = {0};
-      Etcdserverpb__TxnResponse out;
-      rc = txn_to_pb(s, &res.u.txn, &out_sc, &out, true);
-      if (rc == 0) {
-        metrics_inc(s->metrics, METRIC_MVCC_TXN);
-        kv_reply(s, PATH_TXN, call, &out.base);
-      } else {
-        kv_fail(s, PATH_TXN, call, rc);
-      }
-      scratch_free(&out_sc);
-    }
-    mvcc_result_free(&res);
   } else {
     propose_write(s, call, &op, WRITE_TXN, false, len);
   }
   scratch_free(&sc);
   etcdserverpb__txn_request__free_unpacked(req, NULL);
+}
+
+static void kv_txn_linearized(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
+  kv_txn_run(call, msg, len, ctx, true);
+}
+
+static void kv_txn(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
+  kv_txn_run(call, msg, len, ctx, false);
 }
 
 static void kv_compact(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
@@ -693,7 +738,7 @@ void server_compaction_kick(struct server *s) {
 
 int kv_service_init(struct server *s) {
   struct grpc_method methods[] = {
-      {PATH_RANGE, GRPC_METHOD_UNARY, kv_range, NULL, NULL, s},
+      {PATH_RANGE, GRPC_METHOD_UNARY, kv_range, NULL, kv_read_close, s},
       {PATH_PUT, GRPC_METHOD_UNARY, kv_put, NULL, kv_write_close, s},
       {PATH_DELETE, GRPC_METHOD_UNARY, kv_delete, NULL, kv_write_close, s},
       {PATH_TXN, GRPC_METHOD_UNARY, kv_txn, NULL, kv_write_close, s},

@@ -10,6 +10,7 @@
 #include "common/cairn_assert.h"
 #include "server/lessor.h"
 #include "server/metrics.h"
+#include "server/forward.h"
 #include "server/server.h"
 #include "server/watch_hub.h"
 #include "storage/checkpoint.h"
@@ -172,9 +173,14 @@ static void on_maintenance_stopped(void *data) {
   raftnode_stop(srv.raft, on_raft_stopped, NULL);
 }
 
-static void on_grpc_closed(void *data) {
+static void on_forward_closed(void *data) {
   (void)data;
   maintenance_service_stop(&srv, on_maintenance_stopped, NULL);
+}
+
+static void on_grpc_closed(void *data) {
+  (void)data;
+  forward_close(&srv, on_forward_closed, NULL);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -246,7 +252,7 @@ static int start(void) {
       (rc = watch_service_init(&srv)) != 0 || (rc = lease_service_init(&srv)) != 0 ||
       (rc = maintenance_service_init(&srv)) != 0 || (rc = cluster_service_init(&srv)) != 0 ||
       (rc = auth_service_init(&srv)) != 0 || (rc = health_service_init(&srv)) != 0 ||
-      (rc = http_endpoints_init(&srv)) != 0) {
+      (rc = http_endpoints_init(&srv)) != 0 || (rc = forward_init(&srv)) != 0) {
     server_log(LOG_ERROR, "cannot start the services: %s", cairn_strerror(rc));
     return 1;
   }
