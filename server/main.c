@@ -183,18 +183,33 @@ static void on_grpc_closed(void *data) {
   forward_close(&srv, on_forward_closed, NULL);
 }
 
-static void on_signal(uv_signal_t *h, int signum) {
-  (void)h;
-  if (srv.stopping) {
-    return;
-  }
-  server_log(LOG_INFO, "received %s signal, shutting down", signum == SIGTERM ? "terminated" : "interrupt");
+static void shut_down(void) {
   srv.stopping = true;
   uv_timer_stop(&checkpoint_timer);
   uv_timer_stop(&compaction_timer);
   uv_signal_stop(&sig_term);
   uv_signal_stop(&sig_int);
   grpc_server_shutdown(srv.grpc, 5000, on_grpc_closed, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  (void)h;
+  if (srv.stopping) {
+    return;
+  }
+  server_log(LOG_INFO, "received %s signal, shutting down", signum == SIGTERM ? "terminated" : "interrupt");
+  shut_down();
+}
+
+/* As etcd: a member removed from the cluster stops (its pending calls are
+ * answered as in any graceful stop). */
+static void on_removed(void *data) {
+  (void)data;
+  if (srv.stopping) {
+    return;
+  }
+  server_log(LOG_WARN, "the member has been permanently removed from the cluster; shutting down");
+  shut_down();
 }
 
 static int start(void) {
@@ -226,7 +241,24 @@ static int start(void) {
     members[i].name = c->initial_cluster[i].name;
     members[i].peer_url = c->initial_cluster[i].peer_url;
   }
+  /* --advertise-client-urls, published in the member table. */
+  char client_buf[sizeof c->advertise_client_urls];
+  snprintf(client_buf, sizeof client_buf, "%s", c->advertise_client_urls);
+  const char *client_urls[CONFIG_URLS_MAX];
+  size_t n_client_urls = 0;
+  char *save = NULL;
+  for (char *tok = strtok_r(client_buf, ",", &save); tok != NULL && n_client_urls < CONFIG_URLS_MAX;
+       tok = strtok_r(NULL, ",", &save)) {
+    while (*tok == ' ') {
+      tok++;
+    }
+    if (*tok != 0) {
+      client_urls[n_client_urls++] = tok;
+    }
+  }
   struct raftnode_options ro = {.name = c->name,
+                                .client_urls = client_urls,
+                                .n_client_urls = n_client_urls,
                                 .data_dir = member_dir,
                                 .initial_cluster = members,
                                 .n_initial_cluster = c->n_initial_cluster,
@@ -242,6 +274,7 @@ static int start(void) {
   raftnode_on_append(srv.raft, on_raft_append, NULL);
   raftnode_on_op_applied(srv.raft, on_op_applied, NULL);
   raftnode_on_apply_time(srv.raft, on_apply_time, NULL);
+  raftnode_on_removed(srv.raft, on_removed, NULL);
   /* etcd receives up to max-request-bytes + 512 KiB of gRPC message. */
   struct grpc_server_options go = {.max_recv_message_bytes = c->max_request_bytes + 512u * 1024u};
   if ((rc = grpc_server_init(srv.loop, &go, &srv.grpc)) != 0) {

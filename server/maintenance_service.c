@@ -89,9 +89,6 @@
 /* Temporary export files, under --data-dir; emptied at start. */
 #define MAINT_TMP_DIR "member/maintenance.tmp"
 
-/* Not in the common error table yet. */
-#define BAD_LEADER_TRANSFEREE "etcdserver: bad leader transferee"
-
 /* ---- CRC-32C (Castagnoli), as Go's hash/crc32 with MakeTable(Castagnoli) --- */
 
 #define CRC32C_POLY 0x82F63B78u /* reflected */
@@ -1374,6 +1371,42 @@ static void on_hashkv(grpc_call *call, const uint8_t *msg, size_t len, void *ctx
 
 /* ---- MoveLeader ----------------------------------------------------------- */
 
+/* A MoveLeader waiting for raft's leadership transfer. */
+struct move_leader {
+  struct server *s;
+  grpc_call *call; /* NULL once the call closed */
+};
+
+static void on_move_leader_closed(grpc_call *call, void *ctx) {
+  (void)ctx;
+  struct move_leader *ml = grpc_call_user(call);
+  if (ml != NULL) {
+    ml->call = NULL;
+    grpc_call_set_user(call, NULL);
+  }
+}
+
+static void on_moved(void *data, int status, uint64_t id) {
+  struct move_leader *ml = data;
+  (void)id;
+  if (ml->call != NULL) {
+    grpc_call_set_user(ml->call, NULL);
+    if (status != 0) {
+      fail(ml->call, PATH_MOVE_LEADER, status);
+    } else {
+      Etcdserverpb__ResponseHeader header = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+      server_header(ml->s, &header);
+      Etcdserverpb__MoveLeaderResponse resp = ETCDSERVERPB__MOVE_LEADER_RESPONSE__INIT;
+      resp.header = &header;
+      reply(ml->call, PATH_MOVE_LEADER, &resp.base);
+    }
+  }
+  free(ml);
+}
+
+/* etcd's MoveLeader: only the leader moves leadership ("not leader"), to a
+ * voting member ("bad leader transferee"); the answer comes once the
+ * transferee leads (raft/raftnode.h raftnode_move_leader). */
 static void on_move_leader(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
   struct server *s = ctx;
   Etcdserverpb__MoveLeaderRequest *req = etcdserverpb__move_leader_request__unpack(NULL, len, msg);
@@ -1389,17 +1422,20 @@ static void on_move_leader(grpc_call *call, const uint8_t *msg, size_t len, void
     fail(call, PATH_MOVE_LEADER, CAIRN_ENOT_LEADER);
     return;
   }
-  /* The only member is the leader already: etcd finds the transfer done at
-   * once. Any other id is not a member. */
-  if (target != st.member_id) {
-    fail_text(call, PATH_MOVE_LEADER, GRPC_FAILED_PRECONDITION, BAD_LEADER_TRANSFEREE);
+  struct move_leader *ml = malloc(sizeof *ml);
+  if (ml == NULL) {
+    fail(call, PATH_MOVE_LEADER, CAIRN_ENOMEM);
     return;
   }
-  Etcdserverpb__ResponseHeader header = ETCDSERVERPB__RESPONSE_HEADER__INIT;
-  server_header(s, &header);
-  Etcdserverpb__MoveLeaderResponse resp = ETCDSERVERPB__MOVE_LEADER_RESPONSE__INIT;
-  resp.header = &header;
-  reply(call, PATH_MOVE_LEADER, &resp.base);
+  ml->s = s;
+  ml->call = call;
+  int rc = raftnode_move_leader(s->raft, target, ml, on_moved);
+  if (rc != 0) {
+    free(ml);
+    fail(call, PATH_MOVE_LEADER, rc == CAIRN_ENO_LEADER ? CAIRN_ENOT_LEADER : rc);
+    return;
+  }
+  grpc_call_set_user(call, ml);
 }
 
 /* ---- stop ----------------------------------------------------------------- */
@@ -1530,7 +1566,11 @@ int maintenance_service_init(struct server *s) {
        .on_message = on_snapshot,
        .on_close = on_export_close,
        .ctx = s},
-      {.path = PATH_MOVE_LEADER, .kind = GRPC_METHOD_UNARY, .on_message = on_move_leader, .ctx = s},
+      {.path = PATH_MOVE_LEADER,
+       .kind = GRPC_METHOD_UNARY,
+       .on_message = on_move_leader,
+       .on_close = on_move_leader_closed,
+       .ctx = s},
   };
   return grpc_server_register(s->grpc, methods, sizeof methods / sizeof methods[0]);
 }
