@@ -35,7 +35,6 @@ What the harness guarantees:
 """
 
 import ctypes
-import errno
 import fcntl
 import json
 import os
@@ -229,6 +228,7 @@ class Test:
         end = time.monotonic() + timeout
         last_exc = None
         while True:
+            self.check_alive()
             try:
                 v = pred()
                 if v:
@@ -239,6 +239,14 @@ class Test:
                 raise TestFailure("%s: not true after %.1f s%s" % (
                     what, timeout, (" (last error: %s)" % _err(last_exc)) if last_exc else ""))
             time.sleep(interval)
+
+    def check_alive(self):
+        """Fails at once if a member the test did not stop has exited."""
+        for c in self.clusters:
+            for m in c.all_members:
+                if m.expect_running and m.proc is not None and m.proc.poll() is not None:
+                    m.expect_running = False
+                    raise TestFailure("%s exited unexpectedly with code %d" % (m.name, m.proc.returncode))
 
     def cluster(self, n=3, **kw):
         c = Cluster(self, n, **kw)  # its members see len(self.clusters) before the append
@@ -302,6 +310,7 @@ class Member:
         self.proc = None
         self.stopped = False   # SIGSTOP'd
         self.removed = False   # removed from the cluster by a test
+        self.expect_running = False  # started, and not stopped or removed by the test
         self.id = None         # member ID, once known
         self.initial_cluster = None
         self.cluster_state = "new"
@@ -432,6 +441,7 @@ class Cluster:
             f.write(("=== %.3f start %s\n" % (t.elapsed(), " ".join(args))).encode())
             m.proc = popen(args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         m.stopped = False
+        m.expect_running = True
 
     def start_all(self, wait=True):
         for m in self.members:
@@ -447,6 +457,7 @@ class Cluster:
         if not m.running():
             self.t.fail("kill -9 %s: it is not running (%s)" % (m.name, m.state()))
         self._mark(m, "kill -9")
+        m.expect_running = False
         os.killpg(m.proc.pid, signal.SIGKILL)
         m.proc.wait(timeout=10)
         m.stopped = False
@@ -472,6 +483,7 @@ class Cluster:
         if m.stopped:
             self.sigcont(m)
         self._mark(m, "SIGTERM")
+        m.expect_running = False
         t0 = time.monotonic()
         m.proc.send_signal(signal.SIGTERM)
         try:
@@ -507,6 +519,7 @@ class Cluster:
             if m.stopped:
                 self.sigcont(m)
             self._mark(m, "SIGTERM")
+            m.expect_running = False
             m.proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
         took = {}
@@ -606,6 +619,7 @@ class Cluster:
 
         end = time.monotonic() + timeout
         while True:
+            t.check_alive()
             lid = agree()
             if lid:
                 m = self.by_id(lid)

@@ -225,6 +225,17 @@ class Load:
         return ", ".join("%s %s: %d%s" % (k, oc, n, (" (%d succeeded)" % won) if (k, oc) == (L.CAS, L.OK) else "")
                          for (k, oc), n in sorted(by.items()))
 
+    def error_counts(self, since_ns=0, names=None, top=4):
+        """The most frequent errors (outcome and text) since since_ns,
+        through the named members (default all): for failure messages."""
+        counts = {}
+        with self.lock:
+            for o in self.ops:
+                if o.outcome != L.OK and o.t_inv >= since_ns and (names is None or o.member in names):
+                    k = "%s: %s" % (o.outcome, o.note)
+                    counts[k] = counts.get(k, 0) + 1
+        return "; ".join("%dx %s" % (n, k) for k, n in sorted(counts.items(), key=lambda x: -x[1])[:top]) or "none"
+
     def ops_between(self, t_from, t_to, kinds=(L.PUT, L.CAS)):
         return [o for o in self.ops if o.kind in kinds and o.t_inv >= t_from and o.t_end <= t_to]
 
@@ -360,6 +371,6 @@ def wait_acks(t, load, since_ns, n, members=None, timeout=10, what="writes"):
     try:
         return t.wait_for(timeout, acked, "")
     except TestFailure:
-        t.fail("fewer than %d %s acknowledged%s within %d s (%s)"
+        t.fail("fewer than %d %s acknowledged%s within %d s (%s); the errors they got: %s"
                % (n, what, "" if names is None else " through " + "/".join(sorted(names)), timeout,
-                  load.summary()))
+                  load.summary(), load.error_counts(since_ns, names)))

@@ -39,8 +39,10 @@ when the key has no failed cas (such a put can only matter by making a cas
 fail); failed operations and gets without a response are dropped.
 
 Bounds: each key's search stops after STATES_MAX distinct states (default
-200000) and reports "inconclusive": a test treats that as a failure with its
-own message, so that a slow search never passes silently. The tests keep each
+200000) and reports "inconclusive"; a whole check stops searching new keys
+once TOTAL_STATES_MAX states (2 million, about 20 s) were used. A test treats
+an inconclusive key as a failure with its own message, so that a slow search
+never passes silently. The tests keep each
 key's history to a few hundred operations with at most ~10 concurrent
 clients, which searches in well under a second.
 """
@@ -48,6 +50,7 @@ clients, which searches in well under a second.
 import math
 
 STATES_MAX = 200000
+TOTAL_STATES_MAX = 2000000
 
 PUT, GET, CAS = "put", "get", "cas"
 OK, FAIL, UNKNOWN = "ok", "fail", "unknown"
@@ -352,17 +355,27 @@ def _report(key, allops, k, best, t0, verdict):
     return "\n".join(lines)
 
 
-def check(ops, initial=None, states_max=STATES_MAX, t0=0):
+def check(ops, initial=None, states_max=STATES_MAX, t0=0, total_states_max=TOTAL_STATES_MAX):
     """Checks a whole history (any keys). Returns (ok, results, report):
     ok is True when every key is linearizable; report describes the first
-    failing keys (at most 3)."""
+    failing keys (at most 3). Once the keys searched so far used
+    total_states_max states, the remaining keys are not searched and count
+    as inconclusive (a failure), so that a whole check stays bounded too."""
     by_key = {}
     for o in ops:
         by_key.setdefault(o.key, []).append(o)
     results = []
+    used = 0
     for key in sorted(by_key, key=lambda x: str(x)):
+        if used > total_states_max:
+            results.append(Result(key, None, 0, len(by_key[key]),
+                                  "key %s: not checked: the whole check used more than %d states"
+                                  " (too many unknown outcomes or too long a history)" % (_fmt(key), total_states_max)))
+            continue
         init = initial.get(key) if isinstance(initial, dict) else initial
-        results.append(check_key(key, by_key[key], init, states_max, t0))
+        r = check_key(key, by_key[key], init, states_max, t0)
+        used += r.states
+        results.append(r)
     bad = [r for r in results if r.ok is not True]
     report = "\n\n".join(r.report for r in bad[:3])
     if len(bad) > 3:

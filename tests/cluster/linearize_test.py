@@ -281,12 +281,27 @@ def bound_case():
         print("ok   search bound reported: %s" % report.split("\n")[0])
 
 
+def total_bound_case():
+    # Two keys that each need the search; a total bound below the first
+    # key's states leaves the second one unchecked, which is a failure.
+    ops = [put("a", 0, 1, key="t1"), cas("a", "b", True, 2, 5, key="t1"), cas("a", "c", False, 2, 5, key="t1"),
+           put("a", 0, 1, key="t2"), get("a", 2, 3, key="t2")]
+    ok, results, report = L.check(ops, total_states_max=1)
+    if ok or results[1].ok is not None or "not checked" not in report:
+        FAILURES.append("the total bound: expected the second key unchecked and a failure, got ok=%r\n%s"
+                        % (ok, report))
+        print("FAIL total bound")
+    else:
+        print("ok   total bound reported: %s" % report.split("\n")[-1])
+
+
 def main():
     seed = int(os.environ.get("CAIRN_TEST_SEED") or random.randrange(1 << 30))
     print("seed: %d (CAIRN_TEST_SEED=%d repeats this run)" % (seed, seed))
     fixed_cases()
     stale_read_injection()
     bound_case()
+    total_bound_case()
     random_cases(seed)
     if FAILURES:
         print("\n\n".join(["FAIL: linearize_test (seed %d):" % seed] + FAILURES), file=sys.stderr)

@@ -31,6 +31,7 @@ def test(t):
     def remove(victim, what):
         t.case("etcdctl member remove %s (%s) under load" % (victim.name, what))
         rest = [m for m in c.members if m is not victim]
+        victim.expect_running = False  # it may exit as soon as it learns of its removal
         out, _, _, n = c.ctl_retry("member", "remove", "%x" % victim.id, members=rest,
                                    retry_on=("unhealthy cluster",))
         t.log("%s (%d attempts)" % (out.strip(), n))

@@ -45,8 +45,9 @@ def test(t):
             acked = [o for o in ops if o.outcome == L.OK]
             gap = longest_gap_s(ops, t_stop, t_end)
             t.log("through %s: %d of %d writes acknowledged, longest gap %.2f s" % (m.name, len(acked), len(ops), gap))
-            t.check(len(acked) >= 10, "with %s stopped, only %d writes through %s were acknowledged in %d s"
-                    % (victim.name, len(acked), m.name, STOP_S))
+            t.check(len(acked) >= 10, "with %s stopped, only %d writes through %s were acknowledged in %d s;"
+                    " the errors: %s" % (victim.name, len(acked), m.name, STOP_S,
+                                         load.error_counts(t_stop, {m.name})))
             t.check(gap <= max_gap_s, "with %s stopped, writes through %s stalled for %.2f s (at most %.1f s allowed)"
                     % (victim.name, m.name, gap, max_gap_s))
         t.case("SIGCONT %s" % victim.name)
