@@ -34,6 +34,7 @@
   X(PERMISSION_DENIED, 7, "etcdserver: permission denied")                      \
   X(INVALID_AUTH_TOKEN, 16, "etcdserver: invalid auth token")                   \
   X(NO_LEADER, 14, "etcdserver: no leader")                                     \
+  X(NOT_FOR_LEARNER, 14, "etcdserver: rpc not supported for learner")           \
   X(NOT_CAPABLE, 14, "etcdserver: not capable")                                 \
   X(STOPPED, 14, "etcdserver: server stopped")                                  \
   X(TIMEOUT, 14, "etcdserver: request timed out")                               \

@@ -212,6 +212,10 @@ int raftnode_read_index(raftnode *n, void *data, raftnode_read_cb cb);
 int raftnode_wait_applied(raftnode *n, uint64_t index, uint64_t timeout_ms, void *data,
                           raftnode_read_cb cb);
 
+/* Whether this member is a learner (etcd's: it serves serializable Range
+ * and Status only). Cheap unless this member is a raft stand-by. */
+bool raftnode_self_is_learner(raftnode *n);
+
 /* Voting members in the current configuration. */
 unsigned raftnode_voters(const raftnode *n);
 

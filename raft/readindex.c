@@ -300,6 +300,32 @@ static struct read_waiter *waiter_new(raftnode *n, struct raftnode_reads *rd, ui
   return w;
 }
 
+bool raftnode_self_is_learner(raftnode *n) {
+  const struct raft_server *self = NULL;
+  for (unsigned i = 0; i < n->r->configuration.n; i++) {
+    if (n->r->configuration.servers[i].id == n->r->id) {
+      self = &n->r->configuration.servers[i];
+    }
+  }
+  if (self == NULL || self->role == RAFT_VOTER) {
+    return false; /* a voter, or not in the configuration (yet) */
+  }
+  /* A stand-by: an etcd learner, or a voter still catching up. */
+  struct raftnode_member_info *ms;
+  size_t count;
+  if (raftnode_members(n, &ms, &count) != 0) {
+    return false;
+  }
+  bool learner = false;
+  for (size_t i = 0; i < count; i++) {
+    if (ms[i].id == n->r->id) {
+      learner = ms[i].is_learner;
+    }
+  }
+  raftnode_members_free(ms);
+  return learner;
+}
+
 unsigned raftnode_voters(const raftnode *n) {
   unsigned voters = 0;
   for (unsigned i = 0; i < n->r->configuration.n; i++) {

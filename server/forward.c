@@ -20,7 +20,8 @@
 enum held_kind {
   HELD_UNARY,     /* a forwarded unary call */
   HELD_KEEPALIVE, /* a forwarded LeaseKeepAlive stream */
-  HELD_READ       /* a linearizable read waiting for its read index */
+  HELD_READ,      /* a linearizable read waiting for its read index */
+  HELD_MONITORED  /* a stream with "hasleader": ended when the leader is lost */
 };
 
 enum held_state {
@@ -45,6 +46,7 @@ struct held {
   const struct grpc_method *orig; /* the registered method (local dispatch) */
   bool local;                     /* handed to orig: its on_close gets the close */
   uint64_t deadline_ms;
+  uint64_t leader_wait_until; /* WAIT_LEADER: "no leader" after this (loop time) */
   uint8_t *msg; /* the request (unary, read) */
   size_t len;
   server_read_fn read_fn;
@@ -87,6 +89,13 @@ struct fwd {
   struct grpc_method keepalive_method;
   struct grpc_method no_leader_method;
   struct grpc_method no_leader_stream;
+  struct grpc_method learner_method;
+  struct grpc_method learner_stream;
+  struct grpc_method learner_range_method;
+  struct grpc_method range_method; /* the registered Range */
+  struct grpc_method monitor_method;
+  unsigned n_monitored;
+  uint64_t leaderless_since; /* loop time; 0: a leader is known */
   struct grpc_method read_method;
 };
 
@@ -387,6 +396,8 @@ static void on_unary_answer(void *data, int status, const char *message, const u
     if (retryable(status, message) && h->retries < 3 && !f->closing) {
       /* Never applied: try the leader as it is now. */
       h->retries++;
+      uint64_t e = f->s->cfg.election_ms ? f->s->cfg.election_ms : 1000u;
+      h->leader_wait_until = uv_now(f->s->loop) + FORWARD_NO_LEADER_WAIT_ELECTIONS * e;
       h->state = WAIT_LEADER;
       list_push(&f->no_leader, h);
       tick_start(f);
@@ -424,6 +435,10 @@ static void unary_send(struct fwd *f, struct held *h) {
     if (is_leader(f->s, &leader)) {
       dispatch_local(f, h);
       return;
+    }
+    if (h->state != WAIT_LEADER) {
+      uint64_t e = f->s->cfg.election_ms ? f->s->cfg.election_ms : 1000u;
+      h->leader_wait_until = uv_now(f->s->loop) + FORWARD_NO_LEADER_WAIT_ELECTIONS * e;
     }
     h->state = WAIT_LEADER;
     list_push(&f->no_leader, h);
@@ -641,13 +656,109 @@ static bool forwarded_path(const char *path) {
   return fwd_path_find(path) != NULL;
 }
 
+/* ---- streams that require a leader ----------------------------------------- */
+
+/* etcd's monitorLeader: a stream opened with "hasleader: true" is ended
+ * with "etcdserver: no leader" once the member has had no leader for
+ * FORWARD_NO_LEADER_WAIT_ELECTIONS election timeouts. */
+static void monitor_message(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
+  struct held *h = held_find(ctx, call);
+  CAIRN_ASSERT(h != NULL);
+  h->orig->on_message(call, msg, len, h->orig->ctx);
+}
+
+static void monitor_half_close(grpc_call *call, void *ctx) {
+  struct held *h = held_find(ctx, call);
+  CAIRN_ASSERT(h != NULL);
+  if (h->orig->on_half_close != NULL) {
+    h->orig->on_half_close(call, h->orig->ctx);
+  }
+}
+
+static void monitor_close(grpc_call *call, void *ctx) {
+  struct fwd *f = ctx;
+  struct held *h = held_find(f, call);
+  CAIRN_ASSERT(h != NULL);
+  const struct grpc_method *orig = h->orig;
+  f->n_monitored--;
+  h->call = NULL;
+  held_release(h);
+  if (orig->on_close != NULL) {
+    orig->on_close(call, orig->ctx);
+  }
+}
+
+static void monitor_check(struct fwd *f, bool have_leader, uint64_t now) {
+  if (have_leader) {
+    f->leaderless_since = 0;
+    return;
+  }
+  if (f->leaderless_since == 0) {
+    f->leaderless_since = now;
+  }
+  uint64_t limit = FORWARD_NO_LEADER_WAIT_ELECTIONS * (f->s->cfg.election_ms ? f->s->cfg.election_ms : 1000u);
+  if (now - f->leaderless_since < limit || f->n_monitored == 0) {
+    return;
+  }
+  for (size_t b = 0; b < CALLTAB_BUCKETS; b++) {
+    for (struct held *h = f->buckets[b]; h != NULL; h = h->hash_next) {
+      if (h->kind == HELD_MONITORED && h->call != NULL && !h->local) {
+        h->local = true; /* finished once */
+        server_fail(h->call, CAIRN_ENO_LEADER);
+      }
+    }
+  }
+}
+
+/* A learner serves serializable Range and Status only (etcd's
+ * isRPCSupportedForLearner); every stream is refused. */
+static void learner_refuse(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
+  (void)msg;
+  (void)len;
+  (void)ctx;
+  server_fail(call, CAIRN_ENOT_FOR_LEARNER);
+}
+
+static void learner_range(grpc_call *call, const uint8_t *msg, size_t len, void *ctx) {
+  struct fwd *f = ctx;
+  Etcdserverpb__RangeRequest *req = etcdserverpb__range_request__unpack(NULL, len, msg);
+  bool ok = req != NULL && req->serializable;
+  if (req != NULL) {
+    etcdserverpb__range_request__free_unpacked(req, NULL);
+  }
+  if (!ok) {
+    server_fail(call, CAIRN_ENOT_FOR_LEARNER);
+    return;
+  }
+  f->range_method.on_message(call, msg, len, f->range_method.ctx);
+}
+
 static const struct grpc_method *route(grpc_call *call, const struct grpc_method *m, void *ctx) {
   struct fwd *f = ctx;
+  if (raftnode_self_is_learner(f->s->raft) && strcmp(m->path, "/etcdserverpb.Maintenance/Status") != 0) {
+    if (strcmp(m->path, "/etcdserverpb.KV/Range") == 0) {
+      f->range_method = *m;
+      return &f->learner_range_method;
+    }
+    return m->kind == GRPC_METHOD_BIDI_STREAM ? &f->learner_stream : &f->learner_method;
+  }
   const char *hasleader = grpc_call_header(call, "hasleader");
   uint64_t leader;
   bool leading = is_leader(f->s, &leader);
-  if (hasleader != NULL && strcmp(hasleader, "true") == 0 && !leading && leader == 0) {
+  bool require_leader = hasleader != NULL && strcmp(hasleader, "true") == 0;
+  if (require_leader && !leading && leader == 0) {
     return m->kind == GRPC_METHOD_BIDI_STREAM ? &f->no_leader_stream : &f->no_leader_method;
+  }
+  if (require_leader && m->kind == GRPC_METHOD_BIDI_STREAM &&
+      strcmp(m->path, "/etcdserverpb.Watch/Watch") != 0 /* the watch hub does its own */ &&
+      (grpc_call_header(call, FORWARD_HEADER) != NULL || leading || !forwarded_path(m->path))) {
+    struct held *h = held_new(f, call, HELD_MONITORED);
+    if (h != NULL) {
+      h->orig = m;
+      f->n_monitored++;
+      tick_start(f);
+      return &f->monitor_method;
+    }
   }
   if (grpc_call_header(call, FORWARD_HEADER) != NULL || leading || !forwarded_path(m->path)) {
     return m;
@@ -924,6 +1035,7 @@ static void on_tick(uv_timer_t *t) {
   uint64_t leader;
   bool leading = is_leader(f->s, &leader);
   bool have_leader = leading || leader != 0;
+  monitor_check(f, have_leader, now);
   /* Unary calls waiting for a leader. */
   struct held *list = f->no_leader.head;
   f->no_leader.head = NULL;
@@ -935,7 +1047,7 @@ static void on_tick(uv_timer_t *t) {
       held_release(h);
     } else if (have_leader && (leading || leader_client(f) != NULL)) {
       unary_send(f, h);
-    } else if (h->deadline_ms <= now) {
+    } else if (h->deadline_ms <= now || (!have_leader && h->leader_wait_until <= now)) {
       finish_held(h, cairn_grpc_code(CAIRN_ENO_LEADER), cairn_strerror(CAIRN_ENO_LEADER));
     } else {
       list_push(&f->no_leader, h);
@@ -967,7 +1079,8 @@ static void on_tick(uv_timer_t *t) {
     }
   }
   on_check(&f->check);
-  if (f->no_leader.head == NULL && f->index_next.head == NULL && f->revision.head == NULL) {
+  if (f->no_leader.head == NULL && f->index_next.head == NULL && f->revision.head == NULL &&
+      f->n_monitored == 0) {
     bool ka_waiting = false;
     for (size_t b = 0; b < CALLTAB_BUCKETS && !ka_waiting && f->n_held > 0; b++) {
       for (struct held *h = f->buckets[b]; h != NULL; h = h->hash_next) {
@@ -999,6 +1112,11 @@ int forward_init(struct server *s) {
   f->no_leader_method = (struct grpc_method){NULL, GRPC_METHOD_UNARY, no_leader_message, NULL, NULL, f};
   f->no_leader_stream =
       (struct grpc_method){NULL, GRPC_METHOD_BIDI_STREAM, no_leader_message, NULL, NULL, f};
+  f->monitor_method = (struct grpc_method){NULL, GRPC_METHOD_BIDI_STREAM, monitor_message,
+                                           monitor_half_close, monitor_close, f};
+  f->learner_method = (struct grpc_method){NULL, GRPC_METHOD_UNARY, learner_refuse, NULL, NULL, f};
+  f->learner_stream = (struct grpc_method){NULL, GRPC_METHOD_BIDI_STREAM, learner_refuse, NULL, NULL, f};
+  f->learner_range_method = (struct grpc_method){NULL, GRPC_METHOD_UNARY, learner_range, NULL, NULL, f};
   const struct grpc_method methods[] = {
       {PATH_READ_INDEX, GRPC_METHOD_UNARY, read_index_message, NULL, read_index_close, s},
   };
