@@ -10,6 +10,7 @@
 #include "common/cairn_assert.h"
 #include "server/lessor.h"
 #include "server/metrics.h"
+#include "server/publish.h"
 #include "server/forward.h"
 #include "server/server.h"
 #include "server/watch_hub.h"
@@ -185,6 +186,7 @@ static void on_grpc_closed(void *data) {
 
 static void shut_down(void) {
   srv.stopping = true;
+  publish_stop(&srv);
   uv_timer_stop(&checkpoint_timer);
   uv_timer_stop(&compaction_timer);
   uv_signal_stop(&sig_term);
@@ -275,6 +277,11 @@ static int start(void) {
   raftnode_on_op_applied(srv.raft, on_op_applied, NULL);
   raftnode_on_apply_time(srv.raft, on_apply_time, NULL);
   raftnode_on_removed(srv.raft, on_removed, NULL);
+  /* A follower records its name and client URLs through the leader. */
+  if ((rc = publish_init(&srv)) != 0) {
+    server_log(LOG_ERROR, "cannot start publishing: %s", cairn_strerror(rc));
+    return 1;
+  }
   /* etcd receives up to max-request-bytes + 512 KiB of gRPC message. */
   struct grpc_server_options go = {.max_recv_message_bytes = c->max_request_bytes + 512u * 1024u};
   if ((rc = grpc_server_init(srv.loop, &go, &srv.grpc)) != 0) {
