@@ -483,8 +483,10 @@ int gc_call_on_header(grpc_ccall *call, const nghttp2_frame *frame, const uint8_
     }
     call->http_status = st;
   } else if (gc_name_is(name, nlen, "content-type")) {
-    char ct[128];
-    size_t n = vlen < sizeof ct - 1 ? vlen : sizeof ct - 1;
+    /* Kept cut for the error text; checked whole (a cut value that passes
+     * would have passed whole: only its start matters). */
+    char *ct = call->content_type;
+    size_t n = vlen < sizeof call->content_type - 1 ? vlen : sizeof call->content_type - 1;
     memcpy(ct, value, n);
     ct[n] = '\0';
     call->content_type_seen = true;
@@ -543,8 +545,12 @@ void gc_call_on_headers_end(grpc_ccall *call, bool end_stream) {
       return;
     }
     if (!call->content_type_ok) {
-      snprintf(text, sizeof text, "transport: received %s content-type",
-               call->content_type_seen ? "an unexpected" : "no");
+      if (call->content_type_seen) {
+        snprintf(text, sizeof text, "transport: received unexpected content-type \"%s\"",
+                 call->content_type);
+      } else {
+        snprintf(text, sizeof text, "transport: malformed header: missing HTTP content-type");
+      }
       if (end_stream) {
         gc_call_remote_end(call, GRPC_UNKNOWN, text);
       } else {

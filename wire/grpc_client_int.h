@@ -230,6 +230,7 @@ struct grpc_ccall {
   int http_status; /* 0: not seen */
   bool content_type_ok;
   bool content_type_seen;
+  char content_type[64]; /* for the error text (cut) */
   bool got_headers; /* the first HEADERS block */
   bool encoding_other; /* grpc-encoding other than identity */
   int grpc_status;  /* -1: not seen */

@@ -20,6 +20,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <nghttp2/nghttp2.h>
 #include <uv.h>
 
 #include "rpc.pb-c.h"
@@ -680,6 +681,8 @@ static void stream_done(grpc_ccall *call, int status, const char *message, void 
   (void)call;
   struct stream_state *ss = data;
   CHECK(!in_api);
+  /* The server's end waits for the resume, like its messages. */
+  CHECK(status != GRPC_OK || !ss->paused);
   ss->done = true;
   ss->status = status;
   snprintf(ss->message, sizeof ss->message, "%s", message);
@@ -1228,6 +1231,251 @@ static void test_raw_servers(void) {
   env_finish(&env);
 }
 
+/* ---- a raw HTTP/2 server for the status mapping -------------------------------------- */
+
+/* Answers by path with what our server never sends:
+ *   /raw/503         :status 503, END_STREAM
+ *   /raw/html        :status 200, content-type text/html, END_STREAM
+ *   /raw/nostatus    a message, then trailers without grpc-status
+ *   /raw/badstatus   trailers-only with grpc-status "abc"
+ *   /raw/notrailers  a message on DATA with END_STREAM
+ *   /raw/partial     half a message, then grpc-status 0
+ *   /raw/compressed  a message with the compressed flag
+ *   /raw/rst         RST_STREAM(INTERNAL_ERROR)
+ *   /raw/goaway      GOAWAY(last stream 0): the stream is refused */
+struct h2body {
+  uint8_t data[16];
+  size_t len, off;
+  bool trailers;
+  const char *grpc_status; /* NULL: trailers without it */
+};
+
+struct h2conn {
+  uv_tcp_t tcp;
+  nghttp2_session *s;
+  struct h2body bodies[32];
+  int n_bodies;
+};
+
+struct h2srv {
+  uv_tcp_t listener;
+  struct h2conn *conns[8];
+  int n_conns;
+  int port;
+};
+
+static ssize_t h2_body_read(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
+                            size_t length, uint32_t *flags, nghttp2_data_source *src, void *ud) {
+  (void)ud;
+  struct h2body *b = src->ptr;
+  size_t n = b->len - b->off < length ? b->len - b->off : length;
+  memcpy(buf, b->data + b->off, n);
+  b->off += n;
+  if (b->off == b->len) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (b->trailers) {
+      *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+      nghttp2_nv t[1] = {{(uint8_t *)"grpc-status", (uint8_t *)b->grpc_status, 11,
+                          b->grpc_status ? strlen(b->grpc_status) : 0, NGHTTP2_NV_FLAG_NONE}};
+      CHECK_OK(nghttp2_submit_trailer(session, stream_id, t, b->grpc_status ? 1 : 0));
+    }
+  }
+  return (ssize_t)n;
+}
+
+#define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, sizeof(v) - 1, NGHTTP2_NV_FLAG_NONE}
+
+static void h2_answer(struct h2conn *hc, int32_t id, const char *path) {
+  nghttp2_session *s = hc->s;
+  nghttp2_nv ok[] = {NV(":status", "200"), NV("content-type", "application/grpc")};
+  CHECK(hc->n_bodies < 32);
+  struct h2body *b = &hc->bodies[hc->n_bodies++];
+  memset(b, 0, sizeof *b);
+  nghttp2_data_provider prd = {.source.ptr = b, .read_callback = h2_body_read};
+  static const uint8_t msg[] = {0, 0, 0, 0, 2, 'h', 'i'};
+  if (strcmp(path, "/raw/503") == 0) {
+    nghttp2_nv nv[] = {NV(":status", "503")};
+    CHECK_OK(nghttp2_submit_response(s, id, nv, 1, NULL));
+  } else if (strcmp(path, "/raw/html") == 0) {
+    nghttp2_nv nv[] = {NV(":status", "200"), NV("content-type", "text/html")};
+    CHECK_OK(nghttp2_submit_response(s, id, nv, 2, NULL));
+  } else if (strcmp(path, "/raw/badstatus") == 0) {
+    nghttp2_nv nv[] = {NV(":status", "200"), NV("content-type", "application/grpc"),
+                       NV("grpc-status", "abc")};
+    CHECK_OK(nghttp2_submit_response(s, id, nv, 3, NULL));
+  } else if (strcmp(path, "/raw/rst") == 0) {
+    CHECK_OK(nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, id, NGHTTP2_INTERNAL_ERROR));
+  } else if (strcmp(path, "/raw/goaway") == 0) {
+    CHECK_OK(nghttp2_submit_goaway(s, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR,
+                                   (const uint8_t *)"bye", 3));
+  } else {
+    memcpy(b->data, msg, sizeof msg);
+    b->len = sizeof msg;
+    b->trailers = true;
+    b->grpc_status = "0";
+    if (strcmp(path, "/raw/nostatus") == 0) {
+      b->grpc_status = NULL;
+    } else if (strcmp(path, "/raw/notrailers") == 0) {
+      b->trailers = false;
+    } else if (strcmp(path, "/raw/partial") == 0) {
+      b->len = 6; /* the prefix says 2 bytes, 1 follows */
+    } else if (strcmp(path, "/raw/compressed") == 0) {
+      b->data[0] = 1;
+    }
+    CHECK_OK(nghttp2_submit_response(s, id, ok, 2, &prd));
+  }
+}
+
+static int h2_on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name,
+                        size_t nl, const uint8_t *value, size_t vl, uint8_t flags, void *ud) {
+  (void)flags;
+  (void)ud;
+  if (f->hd.type == NGHTTP2_HEADERS && nl == 5 && memcmp(name, ":path", 5) == 0) {
+    char *p = strndup((const char *)value, vl);
+    CHECK(p != NULL);
+    free(nghttp2_session_get_stream_user_data(s, f->hd.stream_id));
+    nghttp2_session_set_stream_user_data(s, f->hd.stream_id, p);
+  }
+  return 0;
+}
+
+static int h2_on_frame(nghttp2_session *s, const nghttp2_frame *f, void *ud) {
+  struct h2conn *hc = ud;
+  if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
+      (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+    const char *path = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    h2_answer(hc, f->hd.stream_id, path ? path : "");
+  }
+  return 0;
+}
+
+static int h2_on_close(nghttp2_session *s, int32_t id, uint32_t code, void *ud) {
+  (void)code;
+  (void)ud;
+  free(nghttp2_session_get_stream_user_data(s, id));
+  nghttp2_session_set_stream_user_data(s, id, NULL);
+  return 0;
+}
+
+static void h2_write_done(uv_write_t *w, int status) {
+  (void)status;
+  free(w);
+}
+
+static void h2_flush(struct h2conn *hc) {
+  for (;;) {
+    const uint8_t *d = NULL;
+    ssize_t n = nghttp2_session_mem_send(hc->s, &d);
+    CHECK(n >= 0);
+    if (n == 0) {
+      return;
+    }
+    uv_write_t *w = malloc(sizeof *w + (size_t)n);
+    CHECK(w != NULL);
+    memcpy(w + 1, d, (size_t)n);
+    uv_buf_t b = uv_buf_init((char *)(w + 1), (unsigned)n);
+    if (uv_write(w, (uv_stream_t *)&hc->tcp, &b, 1, h2_write_done) != 0) {
+      free(w);
+      return;
+    }
+  }
+}
+
+static void h2_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+  struct h2conn *hc = st->data;
+  if (nread < 0) {
+    uv_read_stop(st);
+    return;
+  }
+  if (nread > 0) {
+    CHECK(nghttp2_session_mem_recv(hc->s, (const uint8_t *)buf->base, (size_t)nread) == nread);
+    h2_flush(hc);
+  }
+}
+
+static void h2_on_conn(uv_stream_t *l, int status) {
+  CHECK_OK(status);
+  struct h2srv *hs = l->data;
+  CHECK(hs->n_conns < 8);
+  struct h2conn *hc = calloc(1, sizeof *hc);
+  CHECK(hc != NULL);
+  hs->conns[hs->n_conns++] = hc;
+  uv_tcp_init(l->loop, &hc->tcp);
+  hc->tcp.data = hc;
+  CHECK_OK(uv_accept(l, (uv_stream_t *)&hc->tcp));
+  nghttp2_session_callbacks *cbs;
+  CHECK_OK(nghttp2_session_callbacks_new(&cbs));
+  nghttp2_session_callbacks_set_on_header_callback(cbs, h2_on_header);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, h2_on_frame);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cbs, h2_on_close);
+  CHECK_OK(nghttp2_session_server_new(&hc->s, cbs, hc));
+  nghttp2_session_callbacks_del(cbs);
+  CHECK_OK(nghttp2_submit_settings(hc->s, NGHTTP2_FLAG_NONE, NULL, 0));
+  h2_flush(hc);
+  uv_read_start((uv_stream_t *)&hc->tcp, raw_alloc, h2_read);
+}
+
+static void h2_conn_closed(uv_handle_t *h) {
+  struct h2conn *hc = h->data;
+  nghttp2_session_del(hc->s);
+  free(hc);
+}
+
+static void test_status_mapping(void) {
+  struct env env;
+  env_init(&env, false);
+  struct h2srv hs;
+  memset(&hs, 0, sizeof hs);
+  uv_tcp_init(&env.loop, &hs.listener);
+  hs.listener.data = &hs;
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  CHECK_OK(uv_tcp_bind(&hs.listener, (struct sockaddr *)&a, 0));
+  CHECK_OK(uv_listen((uv_stream_t *)&hs.listener, 16, h2_on_conn));
+  int al = sizeof a;
+  CHECK_OK(uv_tcp_getsockname(&hs.listener, (struct sockaddr *)&a, &al));
+  char ep[64];
+  snprintf(ep, sizeof ep, "127.0.0.1:%d", ntohs(a.sin_port));
+  grpc_client *cl = client_new(&env, ep, NULL);
+  static const struct {
+    const char *path;
+    int status;
+    const char *text; /* a part of the message */
+  } cases[] = {
+      {"/raw/ok", GRPC_OK, ""},
+      {"/raw/503", GRPC_UNAVAILABLE, "unexpected HTTP status code received from server: 503"},
+      {"/raw/html", GRPC_UNKNOWN, "received unexpected content-type \"text/html\""},
+      {"/raw/nostatus", GRPC_UNKNOWN, "missing grpc-status"},
+      {"/raw/badstatus", GRPC_INTERNAL, "malformed grpc-status"},
+      {"/raw/notrailers", GRPC_INTERNAL, "server closed the stream without sending trailers"},
+      {"/raw/partial", GRPC_INTERNAL, "inside a message"},
+      {"/raw/compressed", GRPC_INTERNAL, "compressed flag set with identity or empty encoding"},
+      {"/raw/rst", GRPC_INTERNAL, "stream terminated by RST_STREAM with error code: INTERNAL_ERROR"},
+      {"/raw/goaway", GRPC_UNAVAILABLE, "the server sent GOAWAY NO_ERROR: bye"},
+      {"/raw/ok", GRPC_OK, ""}, /* a new connection after the GOAWAY */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    struct result r;
+    unary(&env, cl, cases[i].path, "x", 5000, &r);
+    printf("    %s: %d \"%s\"\n", cases[i].path, r.status, r.message);
+    CHECK_EQ_INT(r.status, cases[i].status);
+    CHECK(strstr(r.message, cases[i].text) != NULL);
+    if (r.status == GRPC_OK) {
+      CHECK(r.len == 2 && memcmp(r.resp, "hi", 2) == 0);
+    }
+    result_free(&r);
+  }
+  struct grpc_client_stats st;
+  grpc_client_stats(cl, &st);
+  CHECK_EQ_INT(st.connections_opened, 2);
+  client_close(&env, cl);
+  for (int i = 0; i < hs.n_conns; i++) {
+    uv_close((uv_handle_t *)&hs.conns[i]->tcp, h2_conn_closed);
+  }
+  close_now(&env, (uv_handle_t *)&hs.listener);
+  env_finish(&env);
+}
+
 /* ---- GOAWAY, restarts -------------------------------------------------------------------- */
 
 static void shutdown_timer_cb(uv_timer_t *t) {
@@ -1568,6 +1816,7 @@ int main(void) {
   TEST_RUN(test_close_from_callback);
   TEST_RUN(test_refused);
   TEST_RUN(test_raw_servers);
+  TEST_RUN(test_status_mapping);
   TEST_RUN(test_goaway_and_restart);
   TEST_RUN(test_tls);
   TEST_RUN(test_etcd);
