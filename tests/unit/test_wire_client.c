@@ -562,6 +562,15 @@ static void test_unary(void) {
   CHECK_EQ_INT(st.connections_opened, 1);
   CHECK_EQ_INT(st.calls_open, 0);
   client_close(&env, cl);
+
+  /* A name: resolved, and every address tried (::1 may come first). */
+  char ep[64];
+  snprintf(ep, sizeof ep, "http://localhost:%d", env.port);
+  cl = client_new(&env, ep, NULL);
+  unary(&env, cl, "/test.Echo/Say", "by name", 0, &r);
+  CHECK_EQ_INT(r.status, GRPC_OK);
+  result_free(&r);
+  client_close(&env, cl);
   env_finish(&env);
 }
 
