@@ -90,7 +90,8 @@ int gc_parse_endpoint(const char *endpoint, char **host, char **port, bool *tls)
     return CAIRN_EINVAL;
   }
   char *hs = strndup(h, (size_t)(h_end - h));
-  char *ps = p ? strndup(p, (size_t)(rest + len - p)) : (default_port ? strdup(default_port) : NULL);
+  char *ps =
+      p ? strndup(p, (size_t)(rest + len - p)) : (default_port ? strdup(default_port) : NULL);
   if (!hs || !ps) {
     free(hs);
     free(ps);
@@ -133,8 +134,7 @@ int grpc_client_new(uv_loop_t *loop, const char *endpoint, const struct grpc_cli
   bool tls_opts = opts->ca_file || opts->cert_file || opts->key_file || opts->server_name ||
                   opts->insecure_skip_verify;
   if (tls_opts && !tls) {
-    fprintf(stderr, "wire: client: TLS options need an https:// endpoint (got \"%s\")\n",
-            endpoint);
+    fprintf(stderr, "wire: client: TLS options need an https:// endpoint (got \"%s\")\n", endpoint);
     free(host);
     free(port);
     return CAIRN_EINVAL;
@@ -449,8 +449,9 @@ static void gc_unary_done(grpc_ccall *call, int status, const char *message, voi
     message = "cardinality violation: received no response message from non-streaming RPC";
   } else if (status == GRPC_OK && call->n_msgs > 1) {
     status = GRPC_INTERNAL;
-    message = "cardinality violation: expected <EOF> for non server-streaming RPCs, but received "
-              "another message";
+    message =
+        "cardinality violation: expected <EOF> for non server-streaming RPCs, but received "
+        "another message";
   } else if (status == GRPC_OK) {
     resp = call->unary_resp;
     len = call->unary_len;

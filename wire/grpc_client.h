@@ -197,8 +197,7 @@ void grpc_ccall_pause_recv(grpc_ccall *call, bool paused);
  * time: a second registration replaces the first; cb NULL cancels. cb runs
  * from the loop, never inside this function (also when the queue is already
  * below half), and never once the call's end is decided. */
-void grpc_ccall_on_writable(grpc_ccall *call, void (*cb)(grpc_ccall *call, void *data),
-                            void *data);
+void grpc_ccall_on_writable(grpc_ccall *call, void (*cb)(grpc_ccall *call, void *data), void *data);
 
 /* Bytes queued to send and not yet handed to HTTP/2. */
 size_t grpc_ccall_queued_bytes(const grpc_ccall *call);

@@ -134,11 +134,20 @@ int gc_h2_error_to_grpc(uint32_t error_code) {
 }
 
 const char *gc_h2_error_name(uint32_t error_code) {
-  static const char *const names[] = {
-      "NO_ERROR",       "PROTOCOL_ERROR", "INTERNAL_ERROR",     "FLOW_CONTROL_ERROR",
-      "SETTINGS_TIMEOUT", "STREAM_CLOSED", "FRAME_SIZE_ERROR",  "REFUSED_STREAM",
-      "CANCEL",         "COMPRESSION_ERROR", "CONNECT_ERROR",   "ENHANCE_YOUR_CALM",
-      "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED"};
+  static const char *const names[] = {"NO_ERROR",
+                                      "PROTOCOL_ERROR",
+                                      "INTERNAL_ERROR",
+                                      "FLOW_CONTROL_ERROR",
+                                      "SETTINGS_TIMEOUT",
+                                      "STREAM_CLOSED",
+                                      "FRAME_SIZE_ERROR",
+                                      "REFUSED_STREAM",
+                                      "CANCEL",
+                                      "COMPRESSION_ERROR",
+                                      "CONNECT_ERROR",
+                                      "ENHANCE_YOUR_CALM",
+                                      "INADEQUATE_SECURITY",
+                                      "HTTP_1_1_REQUIRED"};
   if (error_code < sizeof names / sizeof names[0]) {
     return names[error_code];
   }
@@ -148,7 +157,7 @@ const char *gc_h2_error_name(uint32_t error_code) {
 /* ---- lifetime ------------------------------------------------------------------------ */
 
 static const char *const gc_reserved_headers[] = {
-    "te", "content-type", "user-agent", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding",
+    "te",   "content-type", "user-agent", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding",
     "host", "connection"};
 
 static bool gc_header_name_ok(const char *name) {
@@ -157,8 +166,8 @@ static bool gc_header_name_ok(const char *name) {
   }
   for (const char *p = name; *p; p++) {
     char ch = *p;
-    bool ok = (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' ||
-              ch == '.';
+    bool ok =
+        (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.';
     if (!ok) {
       return false;
     }
@@ -178,8 +187,8 @@ static bool gc_header_value_ok(const char *value) {
 int gc_call_new(grpc_client *cl, const char *path, const struct grpc_metadata *md, size_t n,
                 uint64_t timeout_ms, const struct grpc_client_handlers *h, void *data,
                 grpc_ccall **out) {
-  if (!path || path[0] != '/' || !strchr(path + 1, '/') || strchr(path + 1, '/')[1] == '\0' ||
-      !h || !h->on_done || (n > 0 && !md) || !gc_header_value_ok(path)) {
+  if (!path || path[0] != '/' || !strchr(path + 1, '/') || strchr(path + 1, '/')[1] == '\0' || !h ||
+      !h->on_done || (n > 0 && !md) || !gc_header_value_ok(path)) {
     return CAIRN_EINVAL;
   }
   /* Our own headers: the method, scheme, authority, te, content-type,
@@ -415,9 +424,8 @@ int gc_call_submit(grpc_ccall *call) {
   return 0;
 }
 
-ssize_t gc_call_data_read(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
-                          size_t length, uint32_t *data_flags, nghttp2_data_source *source,
-                          void *user_data) {
+ssize_t gc_call_data_read(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
+                          uint32_t *data_flags, nghttp2_data_source *source, void *user_data) {
   (void)source;
   (void)user_data;
   grpc_ccall *call = nghttp2_session_get_stream_user_data(session, stream_id);
@@ -501,7 +509,10 @@ int gc_call_on_header(grpc_ccall *call, const nghttp2_frame *frame, const uint8_
     call->grpc_status = ok ? st : GRPC_INTERNAL;
     call->grpc_status_bad = !ok;
   } else if (gc_name_is(name, nlen, "grpc-message")) {
-    size_t cap = (vlen < GRPC_CLIENT_STATUS_MESSAGE_BYTES_MAX ? vlen : GRPC_CLIENT_STATUS_MESSAGE_BYTES_MAX) + 1;
+    size_t cap =
+        (vlen < GRPC_CLIENT_STATUS_MESSAGE_BYTES_MAX ? vlen
+                                                     : GRPC_CLIENT_STATUS_MESSAGE_BYTES_MAX) +
+        1;
     char *m = malloc(cap);
     if (m) {
       gc_percent_decode((const char *)value, vlen, m, cap);

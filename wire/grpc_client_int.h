@@ -54,12 +54,12 @@ typedef struct gc_conn gc_conn;
 
 struct grpc_client {
   uv_loop_t *loop;
-  char *endpoint;  /* "host:port" as given (for texts and :authority) */
-  char *host;      /* without brackets */
-  char *port;      /* decimal */
-  char *tls_name;  /* SNI / verification name */
+  char *endpoint; /* "host:port" as given (for texts and :authority) */
+  char *host;     /* without brackets */
+  char *port;     /* decimal */
+  char *tls_name; /* SNI / verification name */
   bool use_tls;
-  tls_ctx *tls;    /* NULL: plaintext */
+  tls_ctx *tls; /* NULL: plaintext */
   const struct tls_ops *tls_ops;
 
   size_t max_recv;
@@ -78,7 +78,7 @@ struct grpc_client {
   bool processing; /* grpc_client_process() on the stack (assertion) */
 
   uint8_t read_buf[GRPC_CLIENT_READ_BYTES];
-  bool reading; /* read_buf lent to libuv (assertion) */
+  bool reading;             /* read_buf lent to libuv (assertion) */
   uint8_t plain_buf[16384]; /* one TLS record of plaintext */
 
   grpc_ccall *calls; /* every call not yet freed (all_prev/all_next) */
@@ -185,8 +185,8 @@ struct gc_send_chunk {
 
 struct grpc_ccall {
   grpc_client *cl;
-  gc_conn *conn;                 /* NULL once detached */
-  struct grpc_ccall *prev, *next; /* conn->calls */
+  gc_conn *conn;                          /* NULL once detached */
+  struct grpc_ccall *prev, *next;         /* conn->calls */
   struct grpc_ccall *all_prev, *all_next; /* cl->calls */
   enum gc_call_state state;
   int32_t stream_id; /* 0 until submitted */
@@ -231,9 +231,9 @@ struct grpc_ccall {
   bool content_type_ok;
   bool content_type_seen;
   char content_type[64]; /* for the error text (cut) */
-  bool got_headers; /* the first HEADERS block */
-  bool encoding_other; /* grpc-encoding other than identity */
-  int grpc_status;  /* -1: not seen */
+  bool got_headers;      /* the first HEADERS block */
+  bool encoding_other;   /* grpc-encoding other than identity */
+  int grpc_status;       /* -1: not seen */
   bool grpc_status_bad;
   char *grpc_message;
 
@@ -245,7 +245,7 @@ struct grpc_ccall {
 
   /* Final. */
   int status;
-  char *message; /* NULL: "" */
+  char *message;   /* NULL: "" */
   bool rst_cancel; /* ending locally: RST_STREAM(CANCEL) the open stream */
 
   /* grpc_client_unary(): the first response message (owned) and the
@@ -285,9 +285,8 @@ void gc_call_on_headers_end(grpc_ccall *call, bool end_stream);
 void gc_call_on_data(grpc_ccall *call, const uint8_t *data, size_t len);
 void gc_call_on_data_end_stream(grpc_ccall *call);
 void gc_call_on_stream_close(grpc_ccall *call, uint32_t error_code);
-ssize_t gc_call_data_read(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
-                          size_t length, uint32_t *data_flags, nghttp2_data_source *source,
-                          void *user_data);
+ssize_t gc_call_data_read(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
+                          uint32_t *data_flags, nghttp2_data_source *source, void *user_data);
 
 /* Pure helpers (tested directly). */
 

@@ -320,7 +320,6 @@ static const char *tls_error(const tls_conn *t) {
   return t->err;
 }
 
-
 /* ---- client side ------------------------------------------------------------- */
 
 static int tls_client_ctx_new(const struct tls_client_options *o, tls_ctx **out) {
@@ -400,7 +399,8 @@ static int tls_client_conn_new(tls_ctx *ctx, const char *server_name, tls_conn *
   bool ip = tls_is_ip_address(server_name);
   bool ok = SSL_set_alpn_protos(t->ssl, alpn, sizeof alpn) == 0; /* 0 is success here */
   if (ok && !ip) {
-    ok = SSL_set_tlsext_host_name(t->ssl, server_name) == 1 && SSL_set1_host(t->ssl, server_name) == 1;
+    ok = SSL_set_tlsext_host_name(t->ssl, server_name) == 1 &&
+         SSL_set1_host(t->ssl, server_name) == 1;
   } else if (ok) {
     ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), server_name) == 1;
   }

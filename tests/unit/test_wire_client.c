@@ -17,10 +17,10 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <nghttp2/nghttp2.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <nghttp2/nghttp2.h>
 #include <uv.h>
 
 #include "rpc.pb-c.h"
@@ -424,8 +424,8 @@ static void test_helpers(void) {
   CHECK(strcmp(h, "example.com") == 0 && strcmp(p, "80") == 0 && !tls);
   free(h);
   free(p);
-  const char *bad[] = {"",        "host",         "::1:2379",       "unix:///tmp/s", "h:0",
-                       "h:65536", "h:12a",        "http://h:1/x",   "[::1",          ":2379",
+  const char *bad[] = {"",        "host",           "::1:2379",     "unix:///tmp/s", "h:0",
+                       "h:65536", "h:12a",          "http://h:1/x", "[::1",          ":2379",
                        "[]:1",    "https://[::1]x", "http://"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     CHECK_ERR(gc_parse_endpoint(bad[i], &h, &p, &tls), CAIRN_EINVAL);
@@ -454,7 +454,7 @@ static void test_api_errors(void) {
     CHECK_ERR(grpc_client_unary(cl, paths[i], NULL, 0, 0, NULL, 0, NULL, result_cb, &r),
               CAIRN_EINVAL);
   }
-  struct grpc_metadata bad_md[] = {{"Upper", "x"},       {":path", "x"}, {"te", "x"},
+  struct grpc_metadata bad_md[] = {{"Upper", "x"},     {":path", "x"}, {"te", "x"},
                                    {"x-ok", "a\r\nb"}, {"", "x"},      {"user-agent", "x"}};
   for (size_t i = 0; i < sizeof bad_md / sizeof bad_md[0]; i++) {
     CHECK_ERR(grpc_client_unary(cl, "/a/b", &bad_md[i], 1, 0, NULL, 0, NULL, result_cb, &r),
@@ -503,12 +503,9 @@ static void test_unary(void) {
   /* What the server sees. */
   char want[64];
   snprintf(want, sizeof want, "127.0.0.1:%d", env.port);
-  const char *checks[][2] = {{"hdr::authority", want},
-                             {"hdr:user-agent", "cairn-grpc-client/0.1"},
-                             {"hdr:te", "trailers"},
-                             {"hdr:content-type", "application/grpc"},
-                             {"hdr::scheme", "http"},
-                             {"hdr:grpc-timeout", "(none)"}};
+  const char *checks[][2] = {{"hdr::authority", want}, {"hdr:user-agent", "cairn-grpc-client/0.1"},
+                             {"hdr:te", "trailers"},   {"hdr:content-type", "application/grpc"},
+                             {"hdr::scheme", "http"},  {"hdr:grpc-timeout", "(none)"}};
   for (size_t i = 0; i < sizeof checks / sizeof checks[0]; i++) {
     unary(&env, cl, "/test.Echo/Say", checks[i][0], 0, &r);
     CHECK_EQ_INT(r.status, GRPC_OK);
@@ -603,7 +600,7 @@ static void test_concurrent(void) {
   grpc_client *cl = client_plain(&env);
   size_t n = test_small() ? 300 : 2000;
   struct result *rs = calloc(n, sizeof *rs);
-  char (*reqs)[32] = calloc(n, sizeof *reqs);
+  char(*reqs)[32] = calloc(n, sizeof *reqs);
   CHECK(rs && reqs);
   for (size_t i = 0; i < n; i++) {
     snprintf(reqs[i], sizeof reqs[i], i % 10 == 0 ? "sleep:%zu" : "req-%zu", i % 50);
@@ -1292,7 +1289,8 @@ static ssize_t h2_body_read(nghttp2_session *session, int32_t stream_id, uint8_t
   return (ssize_t)n;
 }
 
-#define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, sizeof(v) - 1, NGHTTP2_NV_FLAG_NONE}
+#define NV(n, v) \
+  { (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, sizeof(v) - 1, NGHTTP2_NV_FLAG_NONE }
 
 static void h2_answer(struct h2conn *hc, int32_t id, const char *path) {
   nghttp2_session *s = hc->s;
@@ -1335,8 +1333,8 @@ static void h2_answer(struct h2conn *hc, int32_t id, const char *path) {
   }
 }
 
-static int h2_on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name,
-                        size_t nl, const uint8_t *value, size_t vl, uint8_t flags, void *ud) {
+static int h2_on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t nl,
+                        const uint8_t *value, size_t vl, uint8_t flags, void *ud) {
   (void)flags;
   (void)ud;
   if (f->hd.type == NGHTTP2_HEADERS && nl == 5 && memcmp(name, ":path", 5) == 0) {
@@ -1459,7 +1457,8 @@ static void test_status_mapping(void) {
       {"/raw/notrailers", GRPC_INTERNAL, "server closed the stream without sending trailers"},
       {"/raw/partial", GRPC_INTERNAL, "inside a message"},
       {"/raw/compressed", GRPC_INTERNAL, "compressed flag set with identity or empty encoding"},
-      {"/raw/rst", GRPC_INTERNAL, "stream terminated by RST_STREAM with error code: INTERNAL_ERROR"},
+      {"/raw/rst", GRPC_INTERNAL,
+       "stream terminated by RST_STREAM with error code: INTERNAL_ERROR"},
       {"/raw/goaway", GRPC_UNAVAILABLE, "the server sent GOAWAY NO_ERROR: bye"},
       {"/raw/ok", GRPC_OK, ""}, /* a new connection after the GOAWAY */
   };
@@ -1685,7 +1684,9 @@ static void etcd_exit(uv_process_t *p, int64_t status, int sig) {
 
 static void test_etcd(void) {
   if (access("/usr/bin/etcd", X_OK) != 0) {
-    printf("    /usr/bin/etcd is not installed: the etcd case is skipped (scripts/deps installs it)\n");
+    printf(
+        "    /usr/bin/etcd is not installed: the etcd case is skipped (scripts/deps installs "
+        "it)\n");
     return;
   }
   struct env env;
