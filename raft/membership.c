@@ -84,6 +84,8 @@ struct membership {
    * before the table reached it). */
   struct membertable *table;
   bool have_table;
+  uint64_t table_index;     /* the raft entry that wrote it (0: from the store at start) */
+  uint64_t table_loaded_ms; /* loop time it was applied here */
   struct membertable *initial;
   struct membertable *derived; /* from raft's configuration, rebuilt on demand */
 
@@ -326,6 +328,8 @@ void membership_on_op(raftnode *n, const struct mvcc_op *op, const struct mvcc_r
     return;
   }
   load_table(m, op->u.meta_put.value.data, op->u.meta_put.value.len);
+  m->table_index = op->raft_index;
+  m->table_loaded_ms = uv_now(n->loop);
 }
 
 /* ---- start ------------------------------------------------------------------ */
@@ -684,11 +688,12 @@ static int job_compute(struct membership *m, struct job *j, const struct membert
       return 0;
     }
     case JOB_ADD: {
-      if (mm != NULL) {
-        return CAIRN_EMEMBER_EXIST;
-      }
+      /* (The id comes from the peer URLs: taken URLs are what etcd reports.) */
       if (membertable_peer_url_taken(next, (const char *const *)j->urls, j->n_urls, 0)) {
         return CAIRN_EPEER_URL_EXIST;
+      }
+      if (mm != NULL) {
+        return CAIRN_EMEMBER_EXIST;
       }
       if (j->is_learner && count_learners(next) + 1 > LEARNERS_MAX) {
         return CAIRN_ETOO_MANY_LEARNERS;
@@ -868,6 +873,25 @@ static void on_change(struct raft_change *req, int status) {
   kick(m);
 }
 
+/* Whether raft may drop the server at configuration index i, removed from
+ * the table: libraft stops replicating to a server as soon as the change
+ * is appended, so the member would never learn that the table removed it
+ * (and would stop), and could disrupt the others with elections. So the
+ * leader waits until it holds the table's entry and a few heartbeats told
+ * it the entry committed, or until it looks down (two election timeouts
+ * without catching up). The leader itself goes at once. */
+static bool may_drop(struct membership *m, unsigned i) {
+  raftnode *n = m->n;
+  const struct raft_server *s = &n->r->configuration.servers[i];
+  if (s->id == n->ids.self_id || n->r->leader_state.progress == NULL) {
+    return true;
+  }
+  uint64_t since = uv_now(n->loop) - m->table_loaded_ms;
+  bool has_it = n->r->leader_state.progress[i].match_index >= m->table_index;
+  return (has_it && since >= 4u * n->r->heartbeat_timeout) ||
+         since >= 2u * n->r->election_timeout;
+}
+
 /* One raft change toward the table, if one is due (see the top). */
 static void reconcile(struct membership *m) {
   raftnode *n = m->n;
@@ -902,7 +926,7 @@ static void reconcile(struct membership *m) {
   }
   const struct raft_configuration *c = &n->r->configuration;
   for (unsigned i = 0; i < c->n && what == NULL; i++) {
-    if (membertable_is_removed(t, c->servers[i].id)) {
+    if (membertable_is_removed(t, c->servers[i].id) && may_drop(m, i)) {
       who = c->servers[i].id;
       what = "remove";
       rv = raft_remove(n->r, &m->change, who, on_change);
