@@ -245,6 +245,11 @@ def check_key(key, ops, initial=None, states_max=STATES_MAX, t0=0):
     return Result(key, False, len(seen), n, _report(key, allops, k, best_state, t0, "not linearizable"))
 
 
+def _may_write(o):
+    """A put, or a cas that succeeded or whose outcome is unknown."""
+    return o.kind == PUT or (o.kind == CAS and (o.outcome == UNKNOWN or o.result))
+
+
 def _impossible_read(oks, allops, initial, ops):
     """A cheap necessary condition, checked before the search (which would
     take long to exhaust every order before failing): a completed read (a get,
@@ -253,7 +258,7 @@ def _impossible_read(oks, allops, initial, ops):
     Returns (op, reason) for the first read that breaks it, or None."""
     first_write = {}
     for o in allops:
-        if o.kind in (PUT, CAS):
+        if _may_write(o):
             first_write[o.value] = min(first_write.get(o.value, math.inf), o.t_inv)
     failed = {o.value for o in ops if o.outcome == FAIL and o.kind in (PUT, CAS)}
     for o in oks:
@@ -282,7 +287,7 @@ def _stale_read(oks, allops, initial):
     not see values in the opposite order of their writes."""
     writer = {}
     for o in allops:
-        if o.kind in (PUT, CAS):
+        if _may_write(o):
             if o.value in writer or o.value == initial:
                 return None
             writer[o.value] = o

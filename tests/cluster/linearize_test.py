@@ -110,6 +110,8 @@ def fixed_cases():
            [put("a", 0, 1), cas("a", "b", True, 2, 5), cas("a", "c", True, 2, 5)])
     expect("two concurrent cas from the same value, one succeeded", True,
            [put("a", 0, 1), cas("a", "b", True, 2, 5), cas("a", "c", False, 2, 5), get("b", 6, 7)])
+    expect("a read of the value of a cas that failed", False,
+           [put("a", 0, 1), cas("x", "b", False, 2, 3), get("b", 4, 5)])
     expect("a cas chain", True,
            [put("a", 0, 1), cas("a", "b", True, 2, 3), cas("b", "c", True, 4, 5),
             cas("a", "d", False, 6, 7), get("c", 8, 9)])
