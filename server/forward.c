@@ -1095,6 +1095,83 @@ static void on_tick(uv_timer_t *t) {
   }
 }
 
+/* ---- leadership hand-off at shutdown ------------------------------------------ */
+
+struct handoff {
+  struct server *s;
+  uv_timer_t timer;
+  bool done;
+  void (*cb)(void *data);
+  void *data;
+};
+
+static void handoff_closed(uv_handle_t *h) {
+  free(h->data);
+}
+
+static void handoff_finish(struct handoff *ho) {
+  if (ho->done) {
+    return;
+  }
+  ho->done = true;
+  uv_timer_stop(&ho->timer);
+  void (*cb)(void *) = ho->cb;
+  void *data = ho->data;
+  uv_close((uv_handle_t *)&ho->timer, handoff_closed);
+  cb(data);
+}
+
+static void on_handoff_timeout(uv_timer_t *t) {
+  struct handoff *ho = t->data;
+  server_log(LOG_WARN, "leadership transfer at shutdown did not finish in time; stopping anyway");
+  handoff_finish(ho);
+}
+
+static void on_handoff(void *data, int status, uint64_t id) {
+  struct handoff *ho = data;
+  if (ho->done) {
+    return; /* timed out first; the timer's handle owns ho until closed */
+  }
+  if (status == 0) {
+    server_log(LOG_INFO, "leadership transferred to %016llx before shutdown", (unsigned long long)id);
+  }
+  handoff_finish(ho);
+}
+
+void forward_handoff(struct server *s, void (*done)(void *data), void *data) {
+  uint64_t leader;
+  struct raftnode_member_info *ms = NULL;
+  size_t n = 0;
+  uint64_t target = 0;
+  struct raftnode_status st;
+  raftnode_status(s->raft, &st);
+  if (is_leader(s, &leader) && raftnode_voters(s->raft) > 1 && raftnode_members(s->raft, &ms, &n) == 0) {
+    for (size_t i = 0; i < n && target == 0; i++) {
+      if (ms[i].id != st.member_id && !ms[i].is_learner) {
+        target = ms[i].id;
+      }
+    }
+    raftnode_members_free(ms);
+  }
+  struct handoff *ho = target != 0 ? calloc(1, sizeof *ho) : NULL;
+  if (ho == NULL) {
+    done(data);
+    return;
+  }
+  ho->s = s;
+  ho->cb = done;
+  ho->data = data;
+  uv_timer_init(s->loop, &ho->timer);
+  ho->timer.data = ho;
+  if (raftnode_move_leader(s->raft, target, ho, on_handoff) != 0) {
+    ho->done = true;
+    uv_close((uv_handle_t *)&ho->timer, handoff_closed);
+    done(data);
+    return;
+  }
+  uv_timer_start(&ho->timer, on_handoff_timeout, 2u * (s->cfg.election_ms ? s->cfg.election_ms : 1000u), 0);
+}
+
 /* ---- init and close --------------------------------------------------------- */
 
 int forward_init(struct server *s) {

@@ -47,6 +47,13 @@ int forward_init(struct server *s);
  * connections to the leader; done runs from the loop. */
 void forward_close(struct server *s, void (*done)(void *data), void *data);
 
+/* At shutdown (SIGTERM), a leader of several voters hands leadership to
+ * another voter first (etcd's leadership transfer on shutdown), so that the
+ * cluster does not wait an election timeout: done runs once the transfer
+ * finished, failed, or took two election timeouts; at once when this
+ * member does not lead. */
+void forward_handoff(struct server *s, void (*done)(void *data), void *data);
+
 /* A read that must be linearizable: returns false when the read may be
  * served at once (a single voter that leads); otherwise true, and
  * fn(call, msg, len, ctx) runs once this member's store has reached the
