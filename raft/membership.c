@@ -121,6 +121,9 @@ struct membership {
   void (*removed_cb)(void *data);
   void *removed_data;
   bool removed_told;
+  /* The store was behind raft's snapshot (raft/snapshot_install.c) at the
+   * last tick: when it is current again it may be another store. */
+  bool store_was_behind;
 };
 
 /* ---- small helpers ---------------------------------------------------------- */
@@ -332,6 +335,45 @@ void membership_on_op(raftnode *n, const struct mvcc_op *op, const struct mvcc_r
   m->table_loaded_ms = uv_now(n->loop);
 }
 
+/* Loads the table the store holds (none: nothing changes). At start, and
+ * after the store was replaced by one fetched from another member. */
+static int load_from_store(struct membership *m) {
+  raftnode *n = m->n;
+  size_t len = 0;
+  uint8_t small[8];
+  int rc = mvcc_meta_get(n->store, MEMBERTABLE_META_NAME, small, sizeof small, &len);
+  if (rc == CAIRN_EKEY_NOT_FOUND) {
+    return 0;
+  }
+  if (rc != 0) {
+    return rc;
+  }
+  uint8_t *buf = malloc(len ? len : 1);
+  if (buf == NULL) {
+    return CAIRN_ENOMEM;
+  }
+  rc = mvcc_meta_get(n->store, MEMBERTABLE_META_NAME, buf, len, &len);
+  if (rc == 0) {
+    struct membertable *t = malloc(sizeof *t);
+    rc = t == NULL ? CAIRN_ENOMEM : membertable_decode(buf, len, t);
+    if (rc == 0) {
+      table_release(&m->table);
+      m->table = t;
+      m->have_table = true;
+      m->table_index = 0;
+      m->table_loaded_ms = n->loop != NULL ? uv_now(n->loop) : 0;
+      if (t->cluster_id != 0) {
+        n->ids.cluster_id = t->cluster_id;
+      }
+    } else {
+      free(t);
+      fprintf(stderr, "cairn: raft: the member table in the store does not decode\n");
+    }
+  }
+  free(buf);
+  return rc;
+}
+
 /* ---- start ------------------------------------------------------------------ */
 
 static int read_id_file(const char *path, uint64_t *id, bool *found) {
@@ -496,34 +538,7 @@ int membership_prepare(raftnode *n, const struct raftnode_options *opts, const c
   n->ids.self_id = id;
 
   /* The table as the store holds it. */
-  size_t len = 0;
-  uint8_t small[8];
-  rc = mvcc_meta_get(n->store, MEMBERTABLE_META_NAME, small, sizeof small, &len);
-  if (rc == 0) {
-    uint8_t *buf = malloc(len ? len : 1);
-    if (buf == NULL) {
-      return CAIRN_ENOMEM;
-    }
-    rc = mvcc_meta_get(n->store, MEMBERTABLE_META_NAME, buf, len, &len);
-    if (rc == 0) {
-      struct membertable *t = malloc(sizeof *t);
-      rc = t == NULL ? CAIRN_ENOMEM : membertable_decode(buf, len, t);
-      if (rc == 0) {
-        m->table = t;
-        m->have_table = true;
-        if (t->cluster_id != 0) {
-          n->ids.cluster_id = t->cluster_id;
-        }
-      } else {
-        free(t);
-        fprintf(stderr, "cairn: raft: the member table in the store does not decode\n");
-      }
-    }
-    free(buf);
-    if (rc != 0) {
-      return rc;
-    }
-  } else if (rc != CAIRN_EKEY_NOT_FOUND) {
+  if ((rc = load_from_store(m)) != 0) {
     return rc;
   }
   /* A member of the initial cluster knows it before the first write. */
@@ -958,6 +973,11 @@ static void on_tick(uv_timer_t *t) {
     fail_waiting(m, CAIRN_ESTOPPED);
     return;
   }
+  bool behind = n->fsm.store_state != FSM_STORE_CURRENT;
+  if (m->store_was_behind && !behind) {
+    load_from_store(m); /* a store fetched from another member: its table */
+  }
+  m->store_was_behind = behind;
   /* A removed member is told once it no longer leads (raft's change for it
    * committed) or was never the leader. */
   if (m->have_table && !m->removed_told && membertable_is_removed(m->table, n->ids.self_id) &&
