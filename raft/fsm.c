@@ -10,6 +10,7 @@
 
 #include "command.h"
 #include "common/cairn_assert.h"
+#include "membertable.h"
 
 static void put_le64(uint8_t *p, uint64_t v) {
   for (int i = 0; i < 8; i++) {
@@ -38,8 +39,15 @@ void fsm_marker_encode(const struct fsm_marker *m, uint8_t out[FSM_SNAPSHOT_BYTE
 
 int fsm_marker_decode(const void *buf, size_t len, struct fsm_marker *out) {
   const uint8_t *p = buf;
-  if (len != FSM_SNAPSHOT_BYTES || memcmp(p, FSM_SNAPSHOT_MAGIC, 8) != 0 ||
-      get_le64(p + 8) != FSM_SNAPSHOT_VERSION) {
+  if (len < FSM_SNAPSHOT_BYTES || memcmp(p, FSM_SNAPSHOT_MAGIC, 8) != 0) {
+    return CAIRN_ECORRUPT;
+  }
+  uint64_t version = get_le64(p + 8), extra = get_le64(p + 40);
+  /* Version 1: the marker alone. Version 2: followed by the member table
+   * (reserved is its length). */
+  if (!(version == FSM_SNAPSHOT_VERSION && len == FSM_SNAPSHOT_BYTES) &&
+      !(version == FSM_SNAPSHOT_VERSION_TABLE && extra >= 1 && extra <= FSM_SNAPSHOT_TABLE_MAX &&
+        len == FSM_SNAPSHOT_BYTES + extra)) {
     return CAIRN_ECORRUPT;
   }
   out->raft_index = get_le64(p + 16);
@@ -136,6 +144,54 @@ static int held_push(struct fsm *f, uint64_t index, const struct raft_buffer *bu
   f->held_tail = h;
   f->n_held++;
   f->held_bytes += buf->len;
+  return 0;
+}
+
+/* Hands a member table (the meta value raft/membership.c keeps) to the op
+ * listener as if its META_PUT had been applied: membership then knows the
+ * cluster as the snapshot does, and so where to fetch a store from, though
+ * the store itself is behind (membership reads the table of a replaced
+ * store itself). */
+static void table_to_listener(struct fsm *f, const void *table, size_t len) {
+  if (f->on_op == NULL || len == 0) {
+    return;
+  }
+  struct mvcc_op op;
+  memset(&op, 0, sizeof op);
+  op.type = MVCC_OP_META_PUT;
+  op.u.meta_put.name = MEMBERTABLE_META_NAME;
+  op.u.meta_put.value = (struct mvcc_bytes){table, len};
+  struct mvcc_result r;
+  memset(&r, 0, sizeof r);
+  r.type = MVCC_OP_META_PUT;
+  r.u.revision = mvcc_current_revision(f->store);
+  f->on_op(f->ctx, &op, &r);
+}
+
+/* The store's member table, malloc'd into *out (NULL, 0 when it has none). */
+static int store_table(struct fsm *f, uint8_t **out, size_t *len) {
+  *out = NULL;
+  *len = 0;
+  uint8_t probe[8];
+  size_t need = 0;
+  int rc = mvcc_meta_get(f->store, MEMBERTABLE_META_NAME, probe, sizeof probe, &need);
+  if (rc == CAIRN_EKEY_NOT_FOUND) {
+    return 0;
+  }
+  if (rc != 0 || need == 0 || need > FSM_SNAPSHOT_TABLE_MAX) {
+    return rc != 0 ? rc : 0;
+  }
+  uint8_t *buf = malloc(need);
+  if (buf == NULL) {
+    return CAIRN_ENOMEM;
+  }
+  rc = mvcc_meta_get(f->store, MEMBERTABLE_META_NAME, buf, need, &need);
+  if (rc != 0) {
+    free(buf);
+    return rc;
+  }
+  *out = buf;
+  *len = need;
   return 0;
 }
 
@@ -381,16 +437,31 @@ static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigne
   /* Everything up to raft_index was applied (apply is synchronous), and the
    * store's index only counts entries that carried a command. */
   CAIRN_ASSERT(m.store_index <= m.raft_index);
+  /* The member table rides along (version 2), so that a member the leader
+   * sends this snapshot knows the cluster's members and their client URLs
+   * though its own store is older (snapshot_install.c fetches from them). */
+  uint8_t *table;
+  size_t table_len;
+  if (store_table(f, &table, &table_len) != 0) {
+    return RAFT_BUSY;
+  }
   struct raft_buffer *b = raft_malloc(sizeof *b);
-  uint8_t *data = raft_malloc(FSM_SNAPSHOT_BYTES);
+  uint8_t *data = raft_malloc(FSM_SNAPSHOT_BYTES + table_len);
   if (b == NULL || data == NULL) {
     raft_free(b);
     raft_free(data);
+    free(table);
     return RAFT_NOMEM;
   }
   fsm_marker_encode(&m, data);
+  if (table_len > 0) {
+    put_le64(data + 8, FSM_SNAPSHOT_VERSION_TABLE);
+    put_le64(data + 40, table_len);
+    memcpy(data + FSM_SNAPSHOT_BYTES, table, table_len);
+  }
+  free(table);
   b->base = data;
-  b->len = FSM_SNAPSHOT_BYTES;
+  b->len = FSM_SNAPSHOT_BYTES + table_len;
   /* Version 1 state machine: raft frees bufs and each base. */
   *bufs = b;
   *n_bufs = 1;
@@ -432,6 +503,10 @@ static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf) {
             f->starting ? "the" : "the leader's", m.raft_index, m.store_index, m.revision, have,
             rev);
     go_behind(f, &m);
+    if (buf->len > FSM_SNAPSHOT_BYTES) {
+      table_to_listener(f, (const uint8_t *)buf->base + FSM_SNAPSHOT_BYTES,
+                        buf->len - FSM_SNAPSHOT_BYTES);
+    }
     raft_free(buf->base);
     return 0;
   }

@@ -58,10 +58,14 @@
 #include "storage/mvcc.h"
 
 /* The snapshot marker: "CAIRNSNP", version, then four 64-bit values, all
- * little endian. */
+ * little endian. Version 1 is those 48 bytes; version 2 (a store with a
+ * member table, raft/membertable.h) is followed by the table, whose length
+ * is the fourth value (reserved). */
 #define FSM_SNAPSHOT_MAGIC "CAIRNSNP"
 #define FSM_SNAPSHOT_VERSION 1u
+#define FSM_SNAPSHOT_VERSION_TABLE 2u
 #define FSM_SNAPSHOT_BYTES 48u
+#define FSM_SNAPSHOT_TABLE_MAX (1u << 20)
 
 /* Entries applied in one LMDB transaction at most. */
 #define FSM_BATCH_MAX 1024u
@@ -164,7 +168,7 @@ struct fsm_marker {
   uint64_t raft_index;  /* the snapshot's last entry */
   uint64_t store_index; /* the store's applied index then */
   int64_t revision;     /* the store's revision then */
-  uint64_t reserved;    /* 0 */
+  uint64_t reserved;    /* 0, or (version 2) the length of the member table that follows */
 };
 
 /* Marker (de)serialization, exposed for tests. decode: CAIRN_ECORRUPT. */

@@ -521,6 +521,30 @@ static void promote(struct lessor *l) {
              l->count);
 }
 
+/* The store's data was replaced (a member that caught up by a store
+ * transfer, server/snapshot_fetch.c): its leases are the new store's. A
+ * leader (rare: a member whose store is behind refuses proposals) starts
+ * their expiry afresh, as on promotion. */
+int lessor_store_replaced(struct lessor *l) {
+  int rc = load_all(l);
+  if (rc != 0) {
+    server_log(LOG_ERROR, "lessor: cannot load leases from the new store: %s",
+               cairn_strerror(rc));
+    return rc;
+  }
+  if (l->role == ROLE_LEADER) {
+    uint64_t now = l->now(l);
+    for (size_t i = 0; i < l->cap; i++) {
+      if (l->slots[i] != NULL) {
+        lease_start(l, l->slots[i], now, l->extend_ms);
+      }
+    }
+  }
+  arm_expiry(l);
+  server_log(LOG_INFO, "lessor: %zu leases loaded from the new store", l->count);
+  return 0;
+}
+
 /* Follows raft's view of leadership. */
 static void track_leadership(struct lessor *l) {
   struct raftnode_status st = {0};

@@ -117,6 +117,11 @@ int64_t lessor_remaining_ms(struct lessor *l, const struct mvcc_lease *lease);
 int lessor_stream_open(struct lessor *l);
 void lessor_stream_close(struct lessor *l);
 
+/* Reloads every lease from the store after its data was replaced
+ * (mvcc_replace: a store transfer); a leader restarts their expiry as on
+ * promotion. Errors: the store's (the old view is then gone: empty). */
+int lessor_store_replaced(struct lessor *l);
+
 /* For /metrics: the number of leases this member knows. */
 void lessor_stats(const struct lessor *l, uint64_t *leases);
 

@@ -13,6 +13,7 @@
 #include "server/publish.h"
 #include "server/forward.h"
 #include "server/server.h"
+#include "server/snapshot_fetch.h"
 #include "server/watch_hub.h"
 #include "storage/checkpoint.h"
 
@@ -174,9 +175,14 @@ static void on_maintenance_stopped(void *data) {
   raftnode_stop(srv.raft, on_raft_stopped, NULL);
 }
 
-static void on_forward_closed(void *data) {
+static void on_fetch_stopped(void *data) {
   (void)data;
   maintenance_service_stop(&srv, on_maintenance_stopped, NULL);
+}
+
+static void on_forward_closed(void *data) {
+  (void)data;
+  snapshot_fetch_stop(&srv, on_fetch_stopped, NULL); /* a store transfer in progress */
 }
 
 static void on_grpc_closed(void *data) {
@@ -294,6 +300,11 @@ static int start(void) {
       (rc = auth_service_init(&srv)) != 0 || (rc = health_service_init(&srv)) != 0 ||
       (rc = http_endpoints_init(&srv)) != 0 || (rc = forward_init(&srv)) != 0) {
     server_log(LOG_ERROR, "cannot start the services: %s", cairn_strerror(rc));
+    return 1;
+  }
+  /* A store behind raft's snapshot is fetched from another member. */
+  if ((rc = snapshot_fetch_init(&srv)) != 0) {
+    server_log(LOG_ERROR, "cannot start the store fetch: %s", cairn_strerror(rc));
     return 1;
   }
   for (size_t i = 0; i < c->n_listen_client; i++) {
