@@ -17,7 +17,10 @@ An acknowledged write (put, or a cas that succeeded) also records the
 revision from its response header.
 
 Per-key histories are kept short so that the checker stays fast: a key is
-retired after ops_per_key operations and a fresh one takes its slot.
+retired after ops_per_key operations, or once unknowns_per_key of its writes
+had an unknown outcome (each one multiplies the states the search may visit),
+and a fresh key takes its slot. A client pauses error_pause_s after an error,
+so that a failover does not pile up unknown outcomes.
 
 Checks:
   check_linearizable(t, load)  every key's history is linearizable (after
@@ -55,7 +58,7 @@ def classify(e):
 
 class Load:
     def __init__(self, cluster, t, prefix, clients=6, keys=12, ops_per_key=150, op_timeout=2.0,
-                 read_rate=0.35, cas_rate=0.2, pause_s=0.0):
+                 read_rate=0.35, cas_rate=0.2, pause_s=0.0, unknowns_per_key=4, error_pause_s=0.05):
         self.cluster = cluster
         self.t = t
         self.prefix = prefix
@@ -65,6 +68,9 @@ class Load:
         self.cas_rate = cas_rate
         self.ops_per_key = ops_per_key
         self.pause_s = pause_s
+        self.unknowns_per_key = unknowns_per_key
+        self.error_pause_s = error_pause_s
+        self.key_unknowns = {}
         self.targets = list(cluster.members)
         self.ops = []
         self.lock = threading.Lock()
@@ -102,7 +108,7 @@ class Load:
             i = rng.randrange(len(self.slots))
             key = self.slots[i]
             n = self.key_count.get(key, 0)
-            if n >= self.ops_per_key:
+            if n >= self.ops_per_key or self.key_unknowns.get(key, 0) >= self.unknowns_per_key:
                 self.key_gen[i] += 1
                 key = "%s/k%02d.%d" % (self.prefix, i, self.key_gen[i])
                 self.slots[i] = key
@@ -117,6 +123,8 @@ class Load:
     def record(self, op):
         with self.lock:
             self.ops.append(op)
+            if op.outcome == L.UNKNOWN and op.kind != L.GET:
+                self.key_unknowns[op.key] = self.key_unknowns.get(op.key, 0) + 1
 
     def _client(self, c):
         import random
@@ -145,6 +153,8 @@ class Load:
                         seen[key] = value
                 if self.pause_s:
                     time.sleep(self.pause_s)
+                if op.outcome != L.OK and self.error_pause_s:
+                    time.sleep(self.error_pause_s)
         except Exception as e:  # a bug in the client itself, or a wrong answer
             import traceback
             self.errors.append("%s: %r\n%s" % (name, e, traceback.format_exc()))

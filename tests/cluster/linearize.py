@@ -35,8 +35,9 @@ pending "ok" operations; a state seen before is not explored again. It ends
 with success as soon as every "ok" operation is linearized (an unknown
 operation left over never took effect). Two reductions keep it small: an
 unknown put whose value nobody read and nobody compared against is dropped
-when the key has no failed cas (such a put can only matter by making a cas
-fail); failed operations and gets without a response are dropped.
+when no cas that failed (or may have) completed after its invocation (such a
+put can only matter by making a cas fail); failed operations and gets
+without a response are dropped.
 
 Bounds: each key's search stops after STATES_MAX distinct states (default
 200000) and reports "inconclusive"; a whole check stops searching new keys
@@ -140,19 +141,18 @@ def _prepare(ops):
     invocation."""
     keep = [o for o in ops if o.outcome != FAIL and not (o.kind == GET and o.outcome == UNKNOWN)]
     observed = set()
-    failed_cas = False
     for o in keep:
         if o.kind == GET and o.outcome == OK:
             observed.add(o.result)
-        elif o.kind == CAS:
-            if o.outcome == OK and o.result is False:
-                failed_cas = True
-            else:
-                observed.add(o.expect)
-                if o.outcome == UNKNOWN:
-                    failed_cas = True  # an unknown cas may have failed
-    if not failed_cas:
-        keep = [o for o in keep if not (o.kind == PUT and o.outcome == UNKNOWN and o.value not in observed)]
+        elif o.kind == CAS and not (o.outcome == OK and o.result is False):
+            observed.add(o.expect)
+    # An unknown put whose value nobody observed only changes what a later
+    # cas compares against: it can matter only to a cas that failed (or may
+    # have) and completed after the put's invocation.
+    last_failed_cas = max((o.t_ret for o in keep if o.kind == CAS and
+                           (o.outcome == UNKNOWN or (o.outcome == OK and o.result is False))), default=-math.inf)
+    keep = [o for o in keep if not (o.kind == PUT and o.outcome == UNKNOWN and o.value not in observed
+                                    and o.t_inv > last_failed_cas)]
     oks = sorted((o for o in keep if o.outcome == OK), key=lambda o: (o.t_inv, o.t_ret))
     unknowns = sorted((o for o in keep if o.outcome == UNKNOWN), key=lambda o: o.t_inv)
     return oks, unknowns
