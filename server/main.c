@@ -200,13 +200,19 @@ static void shut_down(void) {
   grpc_server_shutdown(srv.grpc, 5000, on_grpc_closed, NULL);
 }
 
+static void on_handed_off(void *data) {
+  (void)data;
+  shut_down();
+}
+
 static void on_signal(uv_signal_t *h, int signum) {
   (void)h;
   if (srv.stopping) {
     return;
   }
   server_log(LOG_INFO, "received %s signal, shutting down", signum == SIGTERM ? "terminated" : "interrupt");
-  shut_down();
+  srv.stopping = true;
+  forward_handoff(&srv, on_handed_off, NULL); /* a leader hands leadership on first */
 }
 
 /* As etcd: a member removed from the cluster stops (its pending calls are
