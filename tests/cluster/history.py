@@ -249,23 +249,28 @@ class Load:
     def ops_between(self, t_from, t_to, kinds=(L.PUT, L.CAS)):
         return [o for o in self.ops if o.kind in kinds and o.t_inv >= t_from and o.t_end <= t_to]
 
-    def final_reads(self, members=None, timeout=5):
+    def final_reads(self, members=None, timeout=5, parallel=16):
         """A linearizable get of every key through every given member (default:
-        the live ones), added to the history. Retries a member a few times
-        (a member just restarted may still be catching up)."""
+        the live ones), added to the history, parallel gets at a time. Retries
+        a read up to 5 times (a member just restarted may still be catching
+        up); a read that fails 5 times fails the test."""
+        from concurrent.futures import ThreadPoolExecutor
         ms = members or self.cluster.live()
-        for key in self.keys():
-            for m in ms:
-                for attempt in range(5):
-                    op = self.do_get(m, key, "final", -1, timeout=timeout)
-                    if op.outcome == L.OK:
-                        break
-                    with self.lock:
-                        self.ops.remove(op)
-                    time.sleep(0.3)
-                else:
-                    raise TestFailure("final read of %s through %s failed 5 times: %s"
-                                      % (key, m.name, op.note))
+
+        def one(key, m):
+            for attempt in range(5):
+                op = self.do_get(m, key, "final", -1, timeout=timeout)
+                if op.outcome == L.OK:
+                    return None
+                with self.lock:
+                    self.ops.remove(op)
+                time.sleep(0.3)
+            return "final read of %s through %s failed 5 times: %s" % (key, m.name, op.note)
+
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            errors = [e for e in pool.map(lambda km: one(*km), [(k, m) for k in self.keys() for m in ms]) if e]
+        if errors:
+            raise TestFailure("%d final reads failed, e.g. %s" % (len(errors), errors[0]))
 
 
 def check_linearizable(t, load, what="the history"):
