@@ -499,11 +499,12 @@ class Cluster:
         m._chan = None
         return took
 
-    def stop_all(self, timeout=10, together=False):
+    def stop_all(self, timeout=10, together=False, only=None):
         """SIGTERM to every running member; each must exit cleanly within
-        timeout seconds. One at a time, the leader last (by default), or all
-        at once (together: etcd's leader then spends up to ~7 s trying to
-        hand its leadership to followers that are shutting down too).
+        timeout seconds. By default the followers together, then the leader
+        (so that no leader hands over to a member that is stopping); with
+        together, all at once (etcd's leader then spends up to ~7 s trying
+        to hand its leadership to followers that are shutting down too).
         Returns {member name: seconds it took}."""
         ms = [m for m in self.all_members if m.running()]
         if not together:
@@ -513,8 +514,12 @@ class Cluster:
                 lead = self.by_id(lid.pop()) if len(lid) == 1 else None
             except grpc.RpcError:
                 pass
-            ms.sort(key=lambda m: m is lead)
-            return {m.name: self.terminate(m, timeout) for m in ms}
+            took = self.stop_all(timeout, together=True, only=[m for m in ms if m is not lead])
+            if lead is not None and lead.running():
+                took[lead.name] = self.terminate(lead, timeout)
+            return took
+        if only is not None:
+            ms = only
         for m in ms:
             if m.stopped:
                 self.sigcont(m)
