@@ -79,6 +79,7 @@ struct fwd {
   grpc_client *client; /* to the leader */
   uint64_t client_leader;
   char client_url[LEADER_URL_MAX];
+  uint64_t url_warned_ms;
   uv_timer_t tick;
   uv_check_t check;
   bool closing;
@@ -216,14 +217,29 @@ static void on_client_closed(void *data) {
  * known yet, or it is us). */
 static grpc_client *leader_client(struct fwd *f) {
   uint64_t leader;
-  if (is_leader(f->s, &leader) || leader == 0) {
+  if (is_leader(f->s, &leader)) {
+    return NULL;
+  }
+  if (leader == 0) {
+    uint64_t now = uv_now(f->s->loop);
+    if (now >= f->url_warned_ms + 1000u) {
+      f->url_warned_ms = now;
+      server_log(LOG_INFO, "no leader known: holding forwarded calls and reads");
+    }
     return NULL;
   }
   if (f->client != NULL && f->client_leader == leader) {
     return f->client;
   }
   char url[LEADER_URL_MAX];
-  if (raftnode_member_client_url(f->s->raft, leader, url, sizeof url) != 0) {
+  int rc = raftnode_member_client_url(f->s->raft, leader, url, sizeof url);
+  if (rc != 0) {
+    uint64_t now = uv_now(f->s->loop);
+    if (now >= f->url_warned_ms + 1000u) {
+      f->url_warned_ms = now;
+      server_log(LOG_WARN, "cannot reach the leader %016llx yet: %s (its client URL is not in the member table)",
+                 (unsigned long long)leader, cairn_strerror(rc));
+    }
     return NULL;
   }
   if (f->client != NULL) {

@@ -198,6 +198,9 @@ static void shut_down(void) {
   uv_signal_stop(&sig_term);
   uv_signal_stop(&sig_int);
   grpc_server_shutdown(srv.grpc, 5000, on_grpc_closed, NULL);
+  /* Watches and keep-alives end now (clients move to another member) rather
+   * than hold their connections until the timeout. */
+  grpc_server_end_streams(srv.grpc, cairn_grpc_code(CAIRN_ESTOPPED), cairn_strerror(CAIRN_ESTOPPED));
 }
 
 static void on_handed_off(void *data) {

@@ -315,8 +315,20 @@ static void server_maybe_finish(grpc_server *s) {
   uv_close((uv_handle_t *)&s->flush_idle, on_server_handle_closed);
 }
 
+/* How long a shutdown waits for the ACK of its PING before it sends the
+ * final GOAWAY anyway. */
+#define SHUTDOWN_PING_GRACE_MS 300u
+
 static void on_shutdown_timeout(uv_timer_t *t) {
   grpc_server *s = t->data;
+  if (!s->shutdown_grace_over) {
+    s->shutdown_grace_over = true;
+    for (grpc_conn *c = s->conns; c; c = c->next) {
+      grpc_h2_shutdown_final(c);
+    }
+    uv_timer_start(&s->shutdown_timer, on_shutdown_timeout, s->shutdown_rest_ms, 0);
+    return;
+  }
   /* Bounded by the connection count; each close only starts closing. */
   grpc_conn *c = s->conns;
   while (c) {
@@ -342,10 +354,23 @@ void grpc_server_shutdown(grpc_server *s, uint64_t timeout_ms, void (*closed_cb)
   for (grpc_conn *c = s->conns; c; c = c->next) {
     grpc_conn_shutdown(c);
   }
-  uv_timer_start(&s->shutdown_timer, on_shutdown_timeout, timeout_ms, 0);
+  uint64_t grace = timeout_ms < SHUTDOWN_PING_GRACE_MS ? timeout_ms : SHUTDOWN_PING_GRACE_MS;
+  s->shutdown_rest_ms = timeout_ms - grace;
+  uv_timer_start(&s->shutdown_timer, on_shutdown_timeout, grace, 0);
   /* One idle pass checks whether everything is already gone (no listener,
    * no connection): closed_cb then runs from the loop. */
   uv_idle_start(&s->flush_idle, on_flush_idle);
+}
+
+void grpc_server_end_streams(grpc_server *s, int status, const char *message) {
+  for (grpc_conn *c = s->conns; c; c = c->next) {
+    for (grpc_call *call = c->calls; call; call = call->next) {
+      if (call->registered && call->method.kind != GRPC_METHOD_UNARY &&
+          (call->state == CALL_ACTIVE || call->state == CALL_SENDING)) {
+        (void)grpc_call_finish(call, status, message);
+      }
+    }
+  }
 }
 
 void grpc_server_stats(const grpc_server *s, struct grpc_server_stats *out) {

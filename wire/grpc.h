@@ -191,6 +191,12 @@ int grpc_server_port(const grpc_server *s);
 void grpc_server_shutdown(grpc_server *s, uint64_t timeout_ms, void (*closed_cb)(void *data),
                           void *data);
 
+/* Ends every open streaming call (server-streaming and bidi methods) with
+ * status and message, as grpc_call_finish() does: at a shutdown, long-lived
+ * streams (watches, keep-alives) would otherwise hold their connections
+ * open until the shutdown's timeout. Unary calls are left to finish. */
+void grpc_server_end_streams(grpc_server *s, int status, const char *message);
+
 /* ---- calls ---------------------------------------------------------------- */
 
 /* Queues one response message (copied). The response headers go out with

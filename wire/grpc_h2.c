@@ -255,6 +255,14 @@ void grpc_h2_send(grpc_conn *c) {
   }
 }
 
+void grpc_h2_shutdown_final(grpc_conn *c) {
+  if (c->state != CONN_H2 || !c->shutdown_notice_sent || c->goaway_sent) {
+    return;
+  }
+  shutdown_final_goaway(c);
+  grpc_server_mark_dirty(c->s, c);
+}
+
 void grpc_h2_shutdown(grpc_conn *c) {
   if (c->state != CONN_H2 || c->shutdown_notice_sent) {
     return;

@@ -101,6 +101,10 @@ struct grpc_server {
   /* Shutdown: listeners closing, then connections; then the handles. */
   bool shutting_down;
   uv_timer_t shutdown_timer;
+  /* The shutdown timer's first run ends the wait for PING ACKs (some
+   * clients answer late): the final GOAWAYs go out then. */
+  bool shutdown_grace_over;
+  uint64_t shutdown_rest_ms;
   unsigned handles_open; /* listeners + idle + timer not yet closed */
   void (*closed_cb)(void *data);
   void *closed_data;
@@ -220,6 +224,9 @@ void grpc_h2_recv(grpc_conn *c, const uint8_t *data, size_t len);
 void grpc_h2_send(grpc_conn *c);
 /* GOAWAY(2^31-1) and a PING; the final GOAWAY follows the PING's ACK. */
 void grpc_h2_shutdown(grpc_conn *c);
+/* Sends the final GOAWAY now if the shutdown notice went out and its PING
+ * has not been answered. */
+void grpc_h2_shutdown_final(grpc_conn *c);
 /* Closes every call (on_close) and deletes the session. */
 void grpc_h2_teardown(grpc_conn *c);
 
