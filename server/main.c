@@ -190,8 +190,14 @@ static void on_grpc_closed(void *data) {
   forward_close(&srv, on_forward_closed, NULL);
 }
 
+/* How often a starting member looks whether it is published. */
+#define READY_CHECK_MS 20u
+static uv_timer_t ready_timer;
+
 static void shut_down(void) {
   srv.stopping = true;
+  uv_timer_stop(&ready_timer);
+  uv_close((uv_handle_t *)&ready_timer, NULL);
   publish_stop(&srv);
   uv_timer_stop(&checkpoint_timer);
   uv_timer_stop(&compaction_timer);
@@ -227,6 +233,19 @@ static void on_removed(void *data) {
   }
   server_log(LOG_WARN, "the member has been permanently removed from the cluster; shutting down");
   shut_down();
+}
+
+static void on_ready_check(uv_timer_t *t) {
+  if (srv.stopping) {
+    uv_timer_stop(t);
+    return;
+  }
+  if (!raftnode_self_published(srv.raft)) {
+    return;
+  }
+  uv_timer_stop(t);
+  grpc_server_set_accepting(srv.grpc, true);
+  server_log(LOG_INFO, "ready to serve client requests");
 }
 
 static int start(void) {
@@ -316,6 +335,10 @@ static int start(void) {
     server_log(LOG_ERROR, "cannot start the store fetch: %s", cairn_strerror(rc));
     return 1;
   }
+  /* As etcd: the ports are bound now, but clients are served once this
+   * member's name and client URLs are in the replicated member table, so
+   * that every member that answers is listed with its URLs. */
+  grpc_server_set_accepting(srv.grpc, false);
   for (size_t i = 0; i < c->n_listen_client; i++) {
     struct config_url *u = &c->listen_client[i];
     struct grpc_tls_options tls = {.cert_file = c->cert_file,
@@ -353,7 +376,8 @@ static int start(void) {
   uv_signal_init(srv.loop, &sig_int);
   uv_signal_start(&sig_term, on_signal, SIGTERM);
   uv_signal_start(&sig_int, on_signal, SIGINT);
-  server_log(LOG_INFO, "ready to serve client requests");
+  uv_timer_init(srv.loop, &ready_timer);
+  uv_timer_start(&ready_timer, on_ready_check, 0, READY_CHECK_MS);
   return 0;
 }
 

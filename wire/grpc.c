@@ -193,7 +193,26 @@ static void on_connection(uv_stream_t *server, int status) {
     fprintf(stderr, "wire: accept: %s\n", uv_strerror(status));
     return;
   }
+  if (l->s->accept_paused) {
+    /* Not accepted: libuv holds it and stops polling this listener until
+     * uv_accept(); the kernel's backlog holds the rest. */
+    l->pending = true;
+    return;
+  }
   grpc_conn_accept(l->s, l);
+}
+
+void grpc_server_set_accepting(grpc_server *s, bool on) {
+  s->accept_paused = !on;
+  if (!on) {
+    return;
+  }
+  for (struct grpc_listener *l = s->listeners; l; l = l->next) {
+    if (l->pending) {
+      l->pending = false;
+      grpc_conn_accept(s, l);
+    }
+  }
 }
 
 int grpc_server_listen(grpc_server *s, const char *host, int port,

@@ -178,6 +178,12 @@ const char *grpc_call_path(const grpc_call *call);
 int grpc_server_listen(grpc_server *s, const char *host, int port,
                        const struct grpc_tls_options *tls);
 
+/* Accepting connections on every listener (the default) or not: while
+ * paused, connections wait in the kernel's backlog (clients see a slow
+ * connect, not a refusal), as etcd's do before the member is ready. Turning
+ * it on accepts what waits. */
+void grpc_server_set_accepting(grpc_server *s, bool on);
+
 /* The port actually bound by the last grpc_server_listen (for port 0). */
 int grpc_server_port(const grpc_server *s);
 

@@ -65,6 +65,7 @@ struct grpc_listener {
   grpc_server *s;
   tls_ctx *tls; /* NULL: plaintext */
   struct grpc_listener *next;
+  bool pending; /* a connection waits in libuv until accepting resumes */
 };
 
 typedef struct grpc_conn grpc_conn;
@@ -100,6 +101,7 @@ struct grpc_server {
 
   /* Shutdown: listeners closing, then connections; then the handles. */
   bool shutting_down;
+  bool accept_paused; /* grpc_server_set_accepting(false) */
   uv_timer_t shutdown_timer;
   /* The shutdown timer's first run ends the wait for PING ACKs (some
    * clients answer late): the final GOAWAYs go out then. */
