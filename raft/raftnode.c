@@ -715,6 +715,12 @@ int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_opt
   /* From here on failures close raft, asynchronously. */
   raft_set_heartbeat_timeout(n->r, heartbeat);
   raft_set_election_timeout(n->r, election);
+  /* Pre-vote: a member that was cut off (a pause, a partition) asks before
+   * it bumps the term, so that it neither deposes a healthy leader when it
+   * comes back nor keeps resetting the others' election timers with
+   * elections it cannot win (seen with SIGSTOP/SIGCONT in the cluster
+   * tests: no leader for seconds). */
+  raft_set_pre_vote(n->r, true);
   raft_set_snapshot_threshold(n->r, threshold);
   raft_set_snapshot_trailing(n->r, trailing);
 

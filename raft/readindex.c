@@ -48,6 +48,10 @@ struct raftnode_reads {
   struct read_list next;       /* arrived during it: the next barrier's */
   struct read_list applying;   /* index known: waiting for the store */
   struct barrier *in_flight;
+  /* raft called the barrier back; settle_barrier() runs at the next turn. */
+  bool settled_pending;
+  int settled_status;
+  uint64_t settled_index;
   unsigned handles_open;
   uv_check_t check; /* after each loop turn's I/O: has the store caught up? */
   uv_timer_t tick;  /* deadlines */
@@ -163,8 +167,17 @@ static void on_check(uv_check_t *h) {
   }
 }
 
+static void settle_barrier(struct raftnode_reads *rd);
+
 static void on_later(uv_timer_t *t) {
-  on_check(&((struct raftnode_reads *)t->data)->check);
+  struct raftnode_reads *rd = t->data;
+  if (rd->settled_pending) {
+    settle_barrier(rd);
+    if (rd->node == NULL) {
+      return;
+    }
+  }
+  on_check(&rd->check);
 }
 
 static void on_tick(uv_timer_t *t) {
@@ -212,17 +225,12 @@ static void watch_applying(struct raftnode_reads *rd) {
 
 static int send_barrier(struct raftnode_reads *rd);
 
-static void on_barrier(struct raft_barrier *req, int status) {
-  struct barrier *b = req->data;
-  struct raftnode_reads *rd = b->reads;
-  uint64_t index = req->index;
-  free(b);
-  rd->in_flight = NULL;
-  if (rd->node == NULL) {
-    maybe_free(rd);
-    return;
-  }
-  if (status != 0) {
+/* The outcome of the barrier of the confirming batch, from the loop: never
+ * inside raft's callback, which can run in the middle of a step-down, where
+ * a new raft_barrier() crashes libraft 0.15. */
+static void settle_barrier(struct raftnode_reads *rd) {
+  rd->settled_pending = false;
+  if (rd->settled_status != 0) {
     /* Leadership lost (or a failed log write, after which the leader steps
      * down): these reads are not confirmed. */
     fail_list(rd, &rd->confirming, CAIRN_ELEADER_CHANGED);
@@ -231,7 +239,7 @@ static void on_barrier(struct raft_barrier *req, int status) {
     }
   } else {
     for (struct read_waiter *w = rd->confirming.head; w != NULL; w = w->next) {
-      w->index = index;
+      w->index = rd->settled_index;
     }
     list_append(&rd->applying, &rd->confirming);
     watch_applying(rd);
@@ -243,6 +251,22 @@ static void on_barrier(struct raft_barrier *req, int status) {
       fail_list(rd, &rd->confirming, rc);
     }
   }
+}
+
+static void on_barrier(struct raft_barrier *req, int status) {
+  struct barrier *b = req->data;
+  struct raftnode_reads *rd = b->reads;
+  uint64_t index = req->index;
+  free(b);
+  rd->in_flight = NULL;
+  if (rd->node == NULL) {
+    maybe_free(rd);
+    return;
+  }
+  rd->settled_pending = true;
+  rd->settled_status = status;
+  rd->settled_index = index;
+  uv_timer_start(&rd->later, on_later, 0, 0);
 }
 
 static int send_barrier(struct raftnode_reads *rd) {
@@ -366,7 +390,7 @@ int raftnode_read_index(raftnode *n, void *data, raftnode_read_cb cb) {
     watch_applying(rd);
     return 0;
   }
-  if (rd->in_flight != NULL) {
+  if (rd->in_flight != NULL || rd->settled_pending) {
     list_push(&rd->next, w);
     return 0;
   }
