@@ -51,6 +51,8 @@ struct held {
   size_t len;
   server_read_fn read_fn;
   void *read_ctx;
+  void (*plain_cb)(void *data, int status); /* a read with no call (/health) */
+  void *plain_data;
   uint8_t *resp; /* a forwarded answer waiting for our revision */
   size_t resp_len;
   int64_t revision;
@@ -789,6 +791,14 @@ static const struct grpc_method *route(grpc_call *call, const struct grpc_method
 /* ---- linearizable reads ---------------------------------------------------- */
 
 static void read_done(struct held *h, int status) {
+  if (h->plain_cb != NULL) {
+    void (*cb)(void *, int) = h->plain_cb;
+    void *data = h->plain_data;
+    h->plain_cb = NULL;
+    held_release(h);
+    cb(data, status);
+    return;
+  }
   if (h->call != NULL) {
     grpc_call *call = h->call;
     server_read_fn fn = h->read_fn;
@@ -843,7 +853,7 @@ static void on_index_answer(void *data, int status, const char *message, const u
     struct held *h = batch;
     batch = h->next;
     h->next = NULL;
-    if (h->call == NULL) {
+    if (h->call == NULL && h->plain_cb == NULL) {
       held_release(h);
       continue;
     }
@@ -948,6 +958,41 @@ bool server_read_gate(struct server *s, grpc_call *call, const uint8_t *msg, siz
     index_send(f);
   }
   return true;
+}
+
+int server_linearize(struct server *s, uint64_t timeout_ms, void (*cb)(void *data, int status),
+                     void *data) {
+  struct fwd *f = g_fwd;
+  uint64_t leader;
+  bool leading = is_leader(s, &leader);
+  if (f == NULL) {
+    return CAIRN_ESTOPPED;
+  }
+  struct held *h = held_new(f, NULL, HELD_READ);
+  if (h == NULL) {
+    return CAIRN_ETOO_MANY_REQUESTS;
+  }
+  h->plain_cb = cb;
+  h->plain_data = data;
+  h->deadline_ms = uv_now(s->loop) + timeout_ms;
+  if (leading) {
+    h->state = WAIT_APPLIED;
+    int rc = raftnode_read_index(s->raft, h, on_read_ready);
+    if (rc == 0) {
+      return 0;
+    }
+    if (rc != CAIRN_ENOT_LEADER && rc != CAIRN_ENO_LEADER) {
+      h->plain_cb = NULL;
+      held_release(h);
+      return rc;
+    }
+  }
+  h->state = WAIT_INDEX;
+  list_push(&f->index_next, h);
+  if (!f->index_in_flight) {
+    index_send(f);
+  }
+  return 0;
 }
 
 void server_read_gate_closed(struct server *s, grpc_call *call) {
@@ -1074,7 +1119,7 @@ static void on_tick(uv_timer_t *t) {
     struct held **pp = &f->index_next.head;
     while (*pp != NULL) {
       struct held *h = *pp;
-      if (h->call == NULL || h->deadline_ms <= now) {
+      if ((h->call == NULL && h->plain_cb == NULL) || h->deadline_ms <= now) {
         *pp = h->next;
         h->next = NULL;
         read_done(h, CAIRN_ENO_LEADER);

@@ -66,4 +66,12 @@ bool server_read_gate(struct server *s, grpc_call *call, const uint8_t *msg, siz
                       server_read_fn fn, void *ctx);
 void server_read_gate_closed(struct server *s, grpc_call *call);
 
+/* The same confirmation without a call (the /health probe): cb(data, 0)
+ * once this member's store reached the read index, or a CAIRN_E* code
+ * (no leader, timeout, leader changed) within about timeout_ms. cb runs
+ * from the loop, never inside this call. Errors (cb not called):
+ * CAIRN_ETOO_MANY_REQUESTS, CAIRN_ESTOPPED, raftnode_read_index's. */
+int server_linearize(struct server *s, uint64_t timeout_ms, void (*cb)(void *data, int status),
+                     void *data);
+
 #endif

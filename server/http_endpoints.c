@@ -18,6 +18,7 @@
 
 #include "common/cairn_assert.h"
 #include "server/metrics.h"
+#include "server/forward.h"
 #include "server/server.h"
 
 /* etcd gives its health read one second. */
@@ -101,13 +102,9 @@ static void on_probe_timeout(uv_timer_t *t) {
   probe_answer(p, false);
 }
 
-static void on_probe_done(struct server *s, void *data, int status, struct mvcc_result *r) {
-  (void)s;
+static void on_probe_done(void *data, int status) {
   struct health_probe *p = data;
-  bool ok = status == 0 && r != NULL && r->err == 0;
-  if (r != NULL) {
-    mvcc_result_free(r); /* server.h: the struct is not ours */
-  }
+  bool ok = status == 0;
   p->proposal_done = true;
   if (!p->answered) {
     if (!ok) {
@@ -133,13 +130,12 @@ static void probe_start(struct server *s, grpc_http_request *req) {
   p->timer.data = p;
   uv_timer_start(&p->timer, on_probe_timeout, HEALTH_PROBE_TIMEOUT_MS, 0);
   he.probe = p;
-  /* etcdctl endpoint health reads the key "health"; a count is enough. */
-  static const uint8_t key[] = "health";
-  struct mvcc_op op = {.type = MVCC_OP_RANGE,
-                       .u.range = {.key = {key, sizeof key - 1}, .count_only = true}};
-  int rc = server_propose(s, &op, p, on_probe_done);
+  /* etcd's health read is a quorum read through raft: here the same
+   * confirmation as a linearizable read (the leader's barrier, or the read
+   * index from the leader on a follower). */
+  int rc = server_linearize(s, HEALTH_PROBE_TIMEOUT_MS, on_probe_done, p);
   if (rc != 0) {
-    server_log(LOG_WARN, "/health error: cannot propose the health read: %s", cairn_strerror(rc));
+    server_log(LOG_WARN, "/health error: cannot start the health read: %s", cairn_strerror(rc));
     p->proposal_done = true; /* never called back */
     probe_answer(p, false);  /* answers req, detaches, closes the timer */
   }

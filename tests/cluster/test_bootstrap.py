@@ -7,7 +7,9 @@ same leader.
     CAIRN_TEST_SERVER=etcd /usr/bin/python3 tests/cluster/test_bootstrap.py <build-dir>
 """
 
+import json
 import os
+import urllib.request
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -73,6 +75,11 @@ def test(t):
     t.eq(sorted(m.endpoint for m in c.members), sorted(e["endpoint"].replace("http://", "") for e in h),
          "endpoints in endpoint health")
     t.check(all(e["health"] for e in h), "endpoint health: %s" % h)
+
+    t.case("GET /health on every member (the HTTP endpoint, a quorum read on followers too)")
+    for m in c.members:
+        body = urllib.request.urlopen("http://%s/health" % m.endpoint, timeout=5).read()
+        t.eq(True, json.loads(body).get("health") == "true", "/health through %s: %r" % (m.name, body))
 
     t.case("every member is at the same revision")
     rev = c.members[0].revision(serializable=False)
