@@ -383,7 +383,18 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
   if (f->n_queued == FSM_BATCH_MAX) {
     int frc = fsm_flush(f);
     if (frc == CAIRN_ENOMEM || frc == CAIRN_EBUSY) {
-      return frc == CAIRN_ENOMEM ? RAFT_NOMEM : RAFT_BUSY; /* this entry: tried again later */
+      /* The batch cannot be applied now (no memory, or the map must grow
+       * while an export holds it). An error returned here would be retried
+       * by raft only at its next commit, and on a follower's heartbeat path
+       * libraft 0.15 turns it into "unavailable": hold this entry and the
+       * ones after it in order instead, as while catching up, and apply
+       * them once the queue drains (the flush timer retries). */
+      f->store_state = FSM_STORE_CATCHING_UP;
+      int hrc = held_push(f, index, buf);
+      if (f->on_queued != NULL) {
+        f->on_queued(f->ctx);
+      }
+      return hrc;
     }
     if (frc != 0) {
       return frc == CAIRN_EIO ? RAFT_IOERR : RAFT_CORRUPT;

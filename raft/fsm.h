@@ -13,8 +13,11 @@
  * (FSM_BATCH_MAX) is flushed at once, and a snapshot flushes first.
  *
  * Failures: a transient one (CAIRN_ENOMEM, CAIRN_EBUSY while a snapshot
- * export holds the map) makes apply return an error; raft then keeps the
- * entry and tries it again at its next apply pass. A permanent one (an entry
+ * export holds the map) with a full queue holds the entry and those after it
+ * in order (as while catching up after a store transfer) until the queue
+ * drains; apply does not return an error for it, because libraft 0.15 turns
+ * an apply error on a follower's heartbeat path into "unavailable". A
+ * permanent one (an entry
  * that does not decode, a disk error) halts the state machine: apply_error
  * is set, the message printed once, and nothing more is applied.
  *
