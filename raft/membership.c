@@ -148,13 +148,6 @@ static void job_free(struct job *j) {
   free(j);
 }
 
-static int not_leader(raftnode *n) {
-  raft_id leader = 0;
-  const char *address = NULL;
-  raft_leader(n->r, &leader, &address);
-  return leader != 0 && leader != n->r->id ? CAIRN_ENOT_LEADER : CAIRN_ENO_LEADER;
-}
-
 static const struct raft_server *config_get(const raftnode *n, uint64_t id, unsigned *index) {
   const struct raft_configuration *c = &n->r->configuration;
   for (unsigned i = 0; i < c->n; i++) {
@@ -993,7 +986,7 @@ static void on_tick(uv_timer_t *t) {
     }
   }
   if (raft_state(n->r) != RAFT_LEADER) {
-    fail_waiting(m, m->head != NULL ? not_leader(n) : 0);
+    fail_waiting(m, m->head != NULL ? raftnode_not_leader(n) : 0);
     return;
   }
   if (n->fsm.apply_error != 0 || !table_current(m)) {
@@ -1163,7 +1156,7 @@ static int may_queue(raftnode *n) {
     return CAIRN_ESTOPPED;
   }
   if (raft_state(n->r) != RAFT_LEADER) {
-    return not_leader(n);
+    return raftnode_not_leader(n);
   }
   if (n->mem->n_jobs >= RAFTNODE_MEMBER_CALLS_MAX) {
     return CAIRN_ETOO_MANY_REQUESTS;
@@ -1295,7 +1288,7 @@ int raftnode_move_leader(raftnode *n, uint64_t target, void *data, raftnode_memb
     return CAIRN_ESTOPPED;
   }
   if (raft_state(n->r) != RAFT_LEADER) {
-    return not_leader(n);
+    return raftnode_not_leader(n);
   }
   const struct membertable *t = current(m);
   const struct membertable_member *mm = t != NULL ? membertable_find(t, target) : NULL;
@@ -1318,7 +1311,7 @@ int raftnode_move_leader(raftnode *n, uint64_t target, void *data, raftnode_memb
   int rv = raft_transfer(n->r, &m->transfer, target, on_transfer);
   if (rv != 0) {
     return rv == RAFT_BADID ? CAIRN_EBAD_LEADER_TRANSFEREE
-           : rv == RAFT_NOTLEADER ? not_leader(n)
+           : rv == RAFT_NOTLEADER ? raftnode_not_leader(n)
                                   : CAIRN_EIO;
   }
   m->transfer_in_flight = true;

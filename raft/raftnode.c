@@ -222,7 +222,7 @@ static void on_timeout_tick(uv_timer_t *t) {
 }
 
 /* Why this member cannot propose now: another member leads, or none. */
-static int not_leader(raftnode *n) {
+int raftnode_not_leader(raftnode *n) {
   raft_id leader = 0;
   const char *address = NULL;
   raft_leader(n->r, &leader, &address);
@@ -243,7 +243,7 @@ int raftnode_propose(raftnode *n, const struct mvcc_op *op, void *data, raftnode
     return CAIRN_EIO;
   }
   if (raft_state(n->r) != RAFT_LEADER) {
-    return not_leader(n);
+    return raftnode_not_leader(n);
   }
   if (n->fsm.store_state != FSM_STORE_CURRENT) {
     return CAIRN_ENOT_CAPABLE; /* a leader whose store is behind (snapshot_install.c) */
@@ -283,7 +283,7 @@ int raftnode_propose(raftnode *n, const struct mvcc_op *op, void *data, raftnode
       case RAFT_NOMEM:
         return CAIRN_ENOMEM;
       case RAFT_NOTLEADER:
-        return not_leader(n);
+        return raftnode_not_leader(n);
       default:
         fprintf(stderr, "cairn: raft: apply: %s\n", raft_strerror(rv));
         return CAIRN_EIO;

@@ -130,6 +130,10 @@ struct raftnode {
   void *closed_data;
 };
 
+/* Why this member cannot lead a request now: CAIRN_ENOT_LEADER (another
+ * member leads) or CAIRN_ENO_LEADER (none known). raftnode.c. */
+int raftnode_not_leader(raftnode *n);
+
 /* readindex.c: a barrier in flight (raft must not close under it); failing
  * every waiting read with CAIRN_ESTOPPED at a stop. */
 bool readindex_busy(const raftnode *n);

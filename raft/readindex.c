@@ -366,10 +366,7 @@ int raftnode_read_index(raftnode *n, void *data, raftnode_read_cb cb) {
     return CAIRN_ESTOPPED;
   }
   if (raft_state(n->r) != RAFT_LEADER) {
-    raft_id leader = 0;
-    const char *address = NULL;
-    raft_leader(n->r, &leader, &address);
-    return leader != 0 && leader != n->r->id ? CAIRN_ENOT_LEADER : CAIRN_ENO_LEADER;
+    return raftnode_not_leader(n);
   }
   struct raftnode_reads *rd;
   int rc = reads_get(n, &rd);

@@ -916,12 +916,35 @@ bool server_read_gate_needed(struct server *s) {
   return g_fwd != NULL && !(is_leader(s, &leader) && raftnode_voters(s->raft) <= 1);
 }
 
+/* Starts the confirmation of a held read: the leader's read index here, or
+ * the next ReadIndex batch to the leader. 0, or the error that ended it
+ * (h is released then). */
+static int read_start(struct fwd *f, struct held *h) {
+  uint64_t leader;
+  if (is_leader(f->s, &leader)) {
+    h->state = WAIT_APPLIED;
+    int rc = raftnode_read_index(f->s->raft, h, on_read_ready);
+    if (rc == 0) {
+      return 0;
+    }
+    if (rc != CAIRN_ENOT_LEADER && rc != CAIRN_ENO_LEADER) {
+      h->plain_cb = NULL;
+      held_release(h);
+      return rc;
+    }
+  }
+  h->state = WAIT_INDEX;
+  list_push(&f->index_next, h);
+  if (!f->index_in_flight) {
+    index_send(f);
+  }
+  return 0;
+}
+
 bool server_read_gate(struct server *s, grpc_call *call, const uint8_t *msg, size_t len,
                       server_read_fn fn, void *ctx) {
   struct fwd *f = g_fwd;
-  uint64_t leader;
-  bool leading = is_leader(s, &leader);
-  if (f == NULL || (leading && raftnode_voters(s->raft) <= 1)) {
+  if (!server_read_gate_needed(s)) {
     return false;
   }
   struct held *h = held_new(f, call, HELD_READ);
@@ -940,22 +963,9 @@ bool server_read_gate(struct server *s, grpc_call *call, const uint8_t *msg, siz
   h->read_fn = fn;
   h->read_ctx = ctx;
   held_deadline(f, h);
-  if (leading) {
-    h->state = WAIT_APPLIED;
-    int rc = raftnode_read_index(s->raft, h, on_read_ready);
-    if (rc == 0) {
-      return true;
-    }
-    if (rc != CAIRN_ENOT_LEADER && rc != CAIRN_ENO_LEADER) {
-      held_release(h);
-      server_fail(call, rc);
-      return true;
-    }
-  }
-  h->state = WAIT_INDEX;
-  list_push(&f->index_next, h);
-  if (!f->index_in_flight) {
-    index_send(f);
+  int rc = read_start(f, h);
+  if (rc != 0) {
+    server_fail(call, rc);
   }
   return true;
 }
@@ -963,8 +973,6 @@ bool server_read_gate(struct server *s, grpc_call *call, const uint8_t *msg, siz
 int server_linearize(struct server *s, uint64_t timeout_ms, void (*cb)(void *data, int status),
                      void *data) {
   struct fwd *f = g_fwd;
-  uint64_t leader;
-  bool leading = is_leader(s, &leader);
   if (f == NULL) {
     return CAIRN_ESTOPPED;
   }
@@ -975,24 +983,7 @@ int server_linearize(struct server *s, uint64_t timeout_ms, void (*cb)(void *dat
   h->plain_cb = cb;
   h->plain_data = data;
   h->deadline_ms = uv_now(s->loop) + timeout_ms;
-  if (leading) {
-    h->state = WAIT_APPLIED;
-    int rc = raftnode_read_index(s->raft, h, on_read_ready);
-    if (rc == 0) {
-      return 0;
-    }
-    if (rc != CAIRN_ENOT_LEADER && rc != CAIRN_ENO_LEADER) {
-      h->plain_cb = NULL;
-      held_release(h);
-      return rc;
-    }
-  }
-  h->state = WAIT_INDEX;
-  list_push(&f->index_next, h);
-  if (!f->index_in_flight) {
-    index_send(f);
-  }
-  return 0;
+  return read_start(f, h);
 }
 
 void server_read_gate_closed(struct server *s, grpc_call *call) {
@@ -1132,27 +1123,19 @@ static void on_tick(uv_timer_t *t) {
     }
   }
   /* Keepalive streams with renewals waiting for a leader. */
+  bool ka_waiting = false;
   for (size_t b = 0; b < CALLTAB_BUCKETS && f->n_held > 0; b++) {
     for (struct held *h = f->buckets[b]; h != NULL; h = h->hash_next) {
       if (h->kind == HELD_KEEPALIVE && h->up == NULL && h->n_ka_pending > 0) {
         ka_flush(h);
+        ka_waiting = ka_waiting || h->up == NULL;
       }
     }
   }
   on_check(&f->check);
   if (f->no_leader.head == NULL && f->index_next.head == NULL && f->revision.head == NULL &&
-      f->n_monitored == 0) {
-    bool ka_waiting = false;
-    for (size_t b = 0; b < CALLTAB_BUCKETS && !ka_waiting && f->n_held > 0; b++) {
-      for (struct held *h = f->buckets[b]; h != NULL; h = h->hash_next) {
-        if (h->kind == HELD_KEEPALIVE && h->up == NULL && h->n_ka_pending > 0) {
-          ka_waiting = true;
-        }
-      }
-    }
-    if (!ka_waiting) {
-      uv_timer_stop(t);
-    }
+      f->n_monitored == 0 && !ka_waiting) {
+    uv_timer_stop(t);
   }
 }
 
