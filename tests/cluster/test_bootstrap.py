@@ -14,6 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clusterlib import main  # noqa: E402
+import etcd3.etcdrpc as rpc  # noqa: E402
 
 
 def test(t):
@@ -69,6 +70,26 @@ def test(t):
     for m in c.members:
         out, _, _ = c.ctl("get", "boot/ctl", members=[m])
         t.eq("", out, "etcdctl get through %s after the delete" % m.name)
+
+    t.case("leases through every member: grant, keep-alive, time-to-live, list, revoke")
+    for m in c.members:
+        ls = rpc.LeaseStub(m.chan())
+        g = ls.LeaseGrant(rpc.LeaseGrantRequest(TTL=30), timeout=5)
+        t.check(g.ID != 0 and g.TTL == 30, "grant through %s: %s" % (m.name, g))
+        t.eq(m.id, g.header.member_id, "member id in the grant's header through %s" % m.name)
+        key = "boot/lease-" + m.name
+        m.kv().Put(rpc.PutRequest(key=key.encode(), value=b"v", lease=g.ID), timeout=5)
+        ka = list(ls.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=g.ID)]), timeout=5))
+        t.eq([(g.ID, 30)], [(r.ID, r.TTL) for r in ka], "keep-alive through %s" % m.name)
+        t.eq(m.id, ka[0].header.member_id, "member id in the keep-alive's header through %s" % m.name)
+        ttl = ls.LeaseTimeToLive(rpc.LeaseTimeToLiveRequest(ID=g.ID, keys=True), timeout=5)
+        t.eq([key.encode()], list(ttl.keys), "keys of the lease through %s" % m.name)
+        t.check(0 < ttl.TTL <= 30, "remaining TTL through %s: %d" % (m.name, ttl.TTL))
+        listed = [x.ID for x in ls.LeaseLeases(rpc.LeaseLeasesRequest(), timeout=5).leases]
+        t.check(g.ID in listed, "lease %x listed through %s: %s" % (g.ID, m.name, listed))
+        ls.LeaseRevoke(rpc.LeaseRevokeRequest(ID=g.ID), timeout=5)
+        for other in c.members:
+            t.eq(None, other.get(key)[0], "the revoked lease's key through %s" % other.name)
 
     t.case("endpoint health: every member healthy")
     h = c.ctl_json("endpoint", "health")
