@@ -1,0 +1,55 @@
+/* client/client_int.h: what libcairn's modules share inside the library.
+ *
+ * client.c owns the endpoints, their gRPC connections and the retry rules
+ * of unary calls. The long-lived objects (keepalive.c, watch.c, informer.c)
+ * open their streams through cairn__stream() and handle their own
+ * reconnects: on a failed stream they call cairn__endpoint_failed() and
+ * open again after cairn__backoff_ms(). Every long-lived object registers
+ * with its client (cairn__attach) so that cairn_client_close() can end it. */
+#ifndef CAIRN_CLIENT_INT_H
+#define CAIRN_CLIENT_INT_H
+
+#include "client/cairn.h"
+#include "wire/grpc_client.h"
+
+/* A long-lived object of a client (watch, keep-alive, informer, snapshot
+ * transfer): on the client's list from attach to detach. close_cb is called
+ * by cairn_client_close() for each object still attached; it must end the
+ * object (its on_end callback with CANCELLED GRPC_CLIENT_CLOSING_TEXT, from
+ * the loop) and detach it. */
+struct cairn__obj {
+  struct cairn__obj *prev, *next;
+  void (*close_cb)(struct cairn__obj *obj);
+};
+void cairn__attach(cairn_client *c, struct cairn__obj *obj);
+void cairn__detach(cairn_client *c, struct cairn__obj *obj);
+bool cairn__closing(const cairn_client *c);
+
+/* Opens a stream (grpc_client_call) for path on the current endpoint, or on
+ * endpoint_index if it is >= 0 (an index into the config's endpoints).
+ * require_leader adds "hasleader: true". timeout_ms 0: none. On success
+ * *used is the index of the endpoint the stream went to. Errors: those of
+ * grpc_client_call(), CAIRN_ESTOPPED when the client is closing. */
+int cairn__stream(cairn_client *c, const char *path, bool require_leader, int endpoint_index,
+                  uint64_t timeout_ms, const struct grpc_client_handlers *h, void *data,
+                  grpc_ccall **out, unsigned *used);
+
+/* The stream or call on endpoint index failed with status (UNAVAILABLE,
+ * a lost connection, "no leader"...): the client moves its current
+ * endpoint past it, and skips it for a while. */
+void cairn__endpoint_failed(cairn_client *c, unsigned index);
+
+/* "host:port" of endpoint index. */
+const char *cairn__endpoint_name(const cairn_client *c, unsigned index);
+
+/* Delay before reconnect attempt n (0, 1, ...): 25 ms doubling to 1 s, with
+ * up to 25% jitter. */
+uint64_t cairn__backoff_ms(unsigned attempt);
+
+/* The client's configuration after defaults were filled in. */
+const struct cairn_config *cairn__config(const cairn_client *c);
+
+/* Packs msg into a malloc'ed buffer (*out, *len). CAIRN_ENOMEM. */
+int cairn__pack(const ProtobufCMessage *msg, uint8_t **out, size_t *len);
+
+#endif
