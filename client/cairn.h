@@ -205,45 +205,47 @@ CAIRN_API size_t cairn_prefix_end(const void *key, size_t key_len, uint8_t *out)
  * branch (then = true) and of the failure branch. Every function copies its
  * arguments. Errors are sticky, as LMDB's: after a failed add (CAIRN_ENOMEM,
  * CAIRN_EINVAL) every later add and cairn_txn_commit() return that error. */
-typedef struct cairn_txn cairn_txn;
+/* (A struct tag, not a typedef: cairn_txn is also the function that sends
+ * a TxnRequest, and C gives both one namespace.) */
+struct cairn_txn;
 
 enum cairn_cmp { CAIRN_CMP_EQUAL, CAIRN_CMP_GREATER, CAIRN_CMP_LESS, CAIRN_CMP_NOT_EQUAL };
 
 /* NULL when out of memory. Free with cairn_txn_free(). */
-CAIRN_API cairn_txn *cairn_txn_new(void);
-CAIRN_API void cairn_txn_free(cairn_txn *t);
+CAIRN_API struct cairn_txn *cairn_txn_new(void);
+CAIRN_API void cairn_txn_free(struct cairn_txn *t);
 
 /* Compares of one key (range_end NULL) or of a range [key, range_end). */
-CAIRN_API int cairn_txn_if_value(cairn_txn *t, const void *key, size_t key_len,
+CAIRN_API int cairn_txn_if_value(struct cairn_txn *t, const void *key, size_t key_len,
                                  const void *range_end, size_t range_end_len, enum cairn_cmp op,
                                  const void *value, size_t value_len);
-CAIRN_API int cairn_txn_if_version(cairn_txn *t, const void *key, size_t key_len,
+CAIRN_API int cairn_txn_if_version(struct cairn_txn *t, const void *key, size_t key_len,
                                    const void *range_end, size_t range_end_len, enum cairn_cmp op,
                                    int64_t version);
-CAIRN_API int cairn_txn_if_create_revision(cairn_txn *t, const void *key, size_t key_len,
+CAIRN_API int cairn_txn_if_create_revision(struct cairn_txn *t, const void *key, size_t key_len,
                                            const void *range_end, size_t range_end_len,
                                            enum cairn_cmp op, int64_t revision);
-CAIRN_API int cairn_txn_if_mod_revision(cairn_txn *t, const void *key, size_t key_len,
+CAIRN_API int cairn_txn_if_mod_revision(struct cairn_txn *t, const void *key, size_t key_len,
                                         const void *range_end, size_t range_end_len,
                                         enum cairn_cmp op, int64_t revision);
-CAIRN_API int cairn_txn_if_lease(cairn_txn *t, const void *key, size_t key_len,
+CAIRN_API int cairn_txn_if_lease(struct cairn_txn *t, const void *key, size_t key_len,
                                  const void *range_end, size_t range_end_len, enum cairn_cmp op,
                                  int64_t lease);
 
 /* Operations; the request is deep-copied. */
-CAIRN_API int cairn_txn_range(cairn_txn *t, bool then, const Etcdserverpb__RangeRequest *req);
-CAIRN_API int cairn_txn_put(cairn_txn *t, bool then, const Etcdserverpb__PutRequest *req);
-CAIRN_API int cairn_txn_delete(cairn_txn *t, bool then, const Etcdserverpb__DeleteRangeRequest *req);
+CAIRN_API int cairn_txn_range(struct cairn_txn *t, bool then, const Etcdserverpb__RangeRequest *req);
+CAIRN_API int cairn_txn_put(struct cairn_txn *t, bool then, const Etcdserverpb__PutRequest *req);
+CAIRN_API int cairn_txn_delete(struct cairn_txn *t, bool then, const Etcdserverpb__DeleteRangeRequest *req);
 /* A nested transaction: inner is consumed (freed by t) even on error. */
-CAIRN_API int cairn_txn_nest(cairn_txn *t, bool then, cairn_txn *inner);
+CAIRN_API int cairn_txn_nest(struct cairn_txn *t, bool then, struct cairn_txn *inner);
 
 /* The request built so far (owned by t, valid until the next add or free),
  * or NULL after a sticky error. */
-CAIRN_API const Etcdserverpb__TxnRequest *cairn_txn_request(const cairn_txn *t);
+CAIRN_API const Etcdserverpb__TxnRequest *cairn_txn_request(const struct cairn_txn *t);
 
 /* cairn_txn(c, cairn_txn_request(t), ...); the sticky error if any. t may
  * be freed as soon as this returns. */
-CAIRN_API int cairn_txn_commit(cairn_client *c, const cairn_txn *t,
+CAIRN_API int cairn_txn_commit(cairn_client *c, const struct cairn_txn *t,
                                const struct cairn_call_opts *opts, cairn_cb cb, void *data);
 
 /* ---- leases ----------------------------------------------------------- */
@@ -490,7 +492,7 @@ CAIRN_API int cairn_sync_put(cairn_sync *s, const Etcdserverpb__PutRequest *req,
 CAIRN_API int cairn_sync_delete(cairn_sync *s, const Etcdserverpb__DeleteRangeRequest *req,
                                 const struct cairn_call_opts *opts,
                                 Etcdserverpb__DeleteRangeResponse **out, struct cairn_error *err);
-CAIRN_API int cairn_sync_txn(cairn_sync *s, const cairn_txn *t, const struct cairn_call_opts *opts,
+CAIRN_API int cairn_sync_txn(cairn_sync *s, const struct cairn_txn *t, const struct cairn_call_opts *opts,
                              Etcdserverpb__TxnResponse **out, struct cairn_error *err);
 CAIRN_API int cairn_sync_compact(cairn_sync *s, int64_t revision, bool physical,
                                  const struct cairn_call_opts *opts, struct cairn_error *err);

@@ -57,7 +57,7 @@
   X(BAD_LEADER_TRANSFEREE, 9, "etcdserver: bad leader transferee")                           \
   X(TIMEOUT_LEADER_TRANSFER, 2, "etcdserver: request timed out, leader transfer took too long")
 
-enum cairn_error {
+enum cairn_error_code { /* (not "cairn_error": struct cairn_error is libcairn's, client/cairn.h) */
   CAIRN_OK = 0,
   CAIRN_E__BASE = -1000,
 #define CAIRN_X_ENUM(name, grpc, text) CAIRN_E##name,
