@@ -49,6 +49,17 @@ uint64_t cairn__backoff_ms(unsigned attempt);
 /* The client's configuration after defaults were filled in. */
 const struct cairn_config *cairn__config(const cairn_client *c);
 
+/* The retry rules of cairn.h as functions (client.c uses them; tests call
+ * them directly). cairn__should_retry: may a call that ended with code and
+ * message be sent again, given whether it was idempotent and whether its
+ * request was sent (grpc_ccall_request_sent)? cairn__refused_text: the
+ * server refused without proposing ("etcdserver: not leader", "...: no
+ * leader", "...: rpc not supported for learner"). cairn__endpoint_fault:
+ * the failure is the endpoint's (the client moves on). */
+bool cairn__should_retry(bool idempotent, bool sent, int code, const char *message);
+bool cairn__refused_text(const char *message);
+bool cairn__endpoint_fault(int code, const char *message);
+
 /* Packs msg into a malloc'ed buffer (*out, *len). CAIRN_ENOMEM. */
 int cairn__pack(const ProtobufCMessage *msg, uint8_t **out, size_t *len);
 

@@ -179,6 +179,10 @@ int grpc_client_new(uv_loop_t *loop, const char *endpoint, const struct grpc_cli
     cl->conn_window = cl->stream_window;
   }
   cl->max_calls = opts->max_calls ? opts->max_calls : GRPC_CLIENT_DEFAULT_MAX_CALLS;
+  cl->keepalive_time_ms = opts->keepalive_time_ms;
+  cl->keepalive_timeout_ms = opts->keepalive_timeout_ms ? opts->keepalive_timeout_ms
+                                                        : GRPC_CLIENT_DEFAULT_KEEPALIVE_TIMEOUT_MS;
+  cl->keepalive_without_calls = opts->keepalive_permit_without_calls;
   if (tls) {
     struct tls_client_options to = {
         .ca_file = opts->ca_file,

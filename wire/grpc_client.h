@@ -65,6 +65,9 @@
 #define GRPC_CLIENT_DEFAULT_STREAM_WINDOW (4u << 20)
 #define GRPC_CLIENT_DEFAULT_CONN_WINDOW (16u << 20)
 #define GRPC_CLIENT_DEFAULT_MAX_CALLS 65536u
+#define GRPC_CLIENT_DEFAULT_KEEPALIVE_TIMEOUT_MS 20000u
+/* The end of a connection whose keepalive PING went unanswered. */
+#define GRPC_CLIENT_KEEPALIVE_TEXT "keepalive ping timed out"
 
 /* Fixed status texts. */
 #define GRPC_CLIENT_DEADLINE_TEXT "context deadline exceeded"
@@ -105,6 +108,17 @@ struct grpc_client_options {
   /* Calls at once (waiting for the connection, open, or awaiting on_done);
    * more: grpc_client_call() says CAIRN_EBUSY. 0: 65536. */
   unsigned max_calls;
+  /* HTTP/2 keepalive: after keepalive_time_ms without any frame received
+   * on a connection, a PING goes out; unanswered for keepalive_timeout_ms
+   * (no frame at all arrives), the connection is closed and its calls end
+   * with UNAVAILABLE "connection to HOST:PORT: keepalive ping timed out".
+   * keepalive_time_ms 0: off. keepalive_timeout_ms 0: 20 s. Without
+   * keepalive_permit_without_calls, PINGs go out only while the connection
+   * has calls (grpc-go's default: etcd and grpc-go servers answer PINGs on
+   * an idle connection with GOAWAY ENHANCE_YOUR_CALM after a few). */
+  uint64_t keepalive_time_ms;
+  uint64_t keepalive_timeout_ms;
+  bool keepalive_permit_without_calls;
 };
 
 /* Creates a client for one endpoint: "http://host:port", "https://host:port"
@@ -198,6 +212,13 @@ void grpc_ccall_pause_recv(grpc_ccall *call, bool paused);
  * from the loop, never inside this function (also when the queue is already
  * below half), and never once the call's end is decided. */
 void grpc_ccall_on_writable(grpc_ccall *call, void (*cb)(grpc_ccall *call, void *data), void *data);
+
+/* True once the call's request HEADERS were handed to the connection
+ * (serialized for the socket): from then on the server may have seen the
+ * request. False means the server never saw it (the connection failed
+ * first, the call was cancelled or timed out while waiting), so a
+ * non-idempotent request may be sent again. Valid inside on_done. */
+bool grpc_ccall_request_sent(const grpc_ccall *call);
 
 /* Bytes queued to send and not yet handed to HTTP/2. */
 size_t grpc_ccall_queued_bytes(const grpc_ccall *call);

@@ -970,6 +970,10 @@ void grpc_ccall_on_writable(grpc_ccall *call, void (*cb)(grpc_ccall *call, void 
   }
 }
 
+bool grpc_ccall_request_sent(const grpc_ccall *call) {
+  return call->headers_sent;
+}
+
 size_t grpc_ccall_queued_bytes(const grpc_ccall *call) {
   return call->queued;
 }

@@ -19,7 +19,14 @@
  * windows (DATA) and by nghttp2's own limits (control frames). Received DATA
  * is acknowledged (nghttp2_session_consume) as calls deliver it
  * (grpc_client_call.c). Output: nghttp2 serializes frames into write buffers
- * while fewer than GRPC_CLIENT_WRITE_BYTES_MAX bytes wait for the socket. */
+ * while fewer than GRPC_CLIENT_WRITE_BYTES_MAX bytes wait for the socket.
+ *
+ * Keepalive (keepalive_time_ms > 0): ka_timer checks, once READY, how long
+ * ago bytes last arrived. Past keepalive_time_ms a PING goes out (only
+ * while calls are attached, unless keepalive_without_calls); when nothing at
+ * all arrives within keepalive_timeout_ms after it, the connection fails
+ * with GRPC_CLIENT_KEEPALIVE_TEXT. Any frame counts as an answer, as in
+ * grpc-go: a connection busy receiving needs no PING. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,7 +87,9 @@ gc_conn *gc_conn_new(grpc_client *cl) {
   c->state = GC_CONN_INIT;
   uv_timer_init(cl->loop, &c->timer);
   c->timer.data = c;
-  c->handles_open = 1;
+  uv_timer_init(cl->loop, &c->ka_timer);
+  c->ka_timer.data = c;
+  c->handles_open = 2;
   c->next = cl->conns;
   cl->conns = c;
   cl->stats.connections_opened++;
@@ -351,14 +360,71 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
 }
 
 static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
-  (void)session;
   gc_conn *c = user_data;
+  if (frame->hd.type == NGHTTP2_HEADERS) {
+    grpc_ccall *call = stream_call(session, frame->hd.stream_id);
+    if (call) {
+      call->headers_sent = true; /* in our write buffer: the server may see it */
+    }
+  }
   if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR) {
     /* nghttp2 found the server's frames broken and ends the session. */
     gc_conn_notef(c, "the server broke the HTTP/2 protocol (GOAWAY %s sent)",
                   gc_h2_error_name(frame->goaway.error_code));
   }
   return 0;
+}
+
+/* ---- keepalive ------------------------------------------------------------------------ */
+
+static void on_keepalive(uv_timer_t *t) {
+  gc_conn *c = t->data;
+  grpc_client *cl = c->cl;
+  if (c->failed || (c->state != GC_CONN_READY && c->state != GC_CONN_DRAINING)) {
+    return;
+  }
+  uint64_t now = uv_now(cl->loop);
+  if (c->ping_out && c->last_recv_ms >= c->ping_sent_ms) {
+    c->ping_out = false; /* answered (the ACK or any other frame) */
+  }
+  if (c->ping_out) {
+    uint64_t waited = now - c->ping_sent_ms;
+    if (waited >= cl->keepalive_timeout_ms) {
+      gc_conn_fail(c, GRPC_CLIENT_KEEPALIVE_TEXT);
+      grpc_client_process(cl);
+      return;
+    }
+    uv_timer_start(&c->ka_timer, on_keepalive, cl->keepalive_timeout_ms - waited, 0);
+    return;
+  }
+  uint64_t idle = now - c->last_recv_ms;
+  if (idle < cl->keepalive_time_ms) {
+    uv_timer_start(&c->ka_timer, on_keepalive, cl->keepalive_time_ms - idle, 0);
+    return;
+  }
+  if (c->n_calls == 0 && !cl->keepalive_without_calls) {
+    /* Nothing to protect: look again after another period. */
+    uv_timer_start(&c->ka_timer, on_keepalive, cl->keepalive_time_ms, 0);
+    return;
+  }
+  int rv = nghttp2_submit_ping(c->h2, NGHTTP2_FLAG_NONE, NULL);
+  if (rv != 0) {
+    gc_conn_fail(c, "HTTP/2 PING: %s", nghttp2_strerror(rv));
+    grpc_client_process(cl);
+    return;
+  }
+  c->ping_out = true;
+  c->ping_sent_ms = now;
+  uv_timer_start(&c->ka_timer, on_keepalive, cl->keepalive_timeout_ms, 0);
+  grpc_client_process(cl); /* writes the PING */
+}
+
+static void gc_keepalive_start(gc_conn *c) {
+  grpc_client *cl = c->cl;
+  c->last_recv_ms = uv_now(cl->loop);
+  if (cl->keepalive_time_ms > 0) {
+    uv_timer_start(&c->ka_timer, on_keepalive, cl->keepalive_time_ms, 0);
+  }
 }
 
 static int gc_h2_start(gc_conn *c) {
@@ -404,6 +470,7 @@ static int gc_h2_start(gc_conn *c) {
   }
   gc_conn_set_state(c, GC_CONN_READY);
   uv_timer_stop(&c->timer);
+  gc_keepalive_start(c);
   /* The calls that waited for us go out at the next process round. */
   for (grpc_ccall *call = c->calls; call; call = call->next) {
     if (call->state == GC_CALL_WAITING) {
@@ -490,6 +557,9 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   cl->reading = false;
   if (nread == 0 || c->state == GC_CONN_CLOSED) {
     return;
+  }
+  if (nread > 0) {
+    c->last_recv_ms = uv_now(cl->loop);
   }
   if (nread == UV_EOF) {
     gc_conn_fail(c, "closed by the server");
@@ -664,6 +734,8 @@ static void gc_conn_teardown(gc_conn *c) {
   }
   uv_timer_stop(&c->timer);
   uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+  uv_timer_stop(&c->ka_timer);
+  uv_close((uv_handle_t *)&c->ka_timer, on_timer_closed);
 }
 
 void gc_conn_close(gc_conn *c) {

@@ -68,6 +68,9 @@ struct grpc_client {
   uint32_t stream_window;
   uint32_t conn_window;
   unsigned max_calls;
+  uint64_t keepalive_time_ms; /* 0: off */
+  uint64_t keepalive_timeout_ms;
+  bool keepalive_without_calls;
 
   gc_conn *conns;   /* every connection not yet freed (singly linked) */
   gc_conn *current; /* the one new calls go to (NULL: open one) */
@@ -137,6 +140,11 @@ struct gc_conn {
   uv_tcp_t *tcp; /* one per connect attempt; freed in its close callback */
   uv_connect_t connect_req;
   uv_timer_t timer; /* connect timeout; closed at teardown */
+  /* Keepalive (cl->keepalive_time_ms > 0): armed once READY. */
+  uv_timer_t ka_timer;
+  uint64_t last_recv_ms; /* uv_now() of the last bytes read */
+  uint64_t ping_sent_ms; /* uv_now() of the PING awaiting an answer */
+  bool ping_out;         /* a PING is awaiting an answer */
   unsigned handles_open;
 
   tls_conn *tls;
@@ -190,6 +198,7 @@ struct grpc_ccall {
   struct grpc_ccall *all_prev, *all_next; /* cl->calls */
   enum gc_call_state state;
   int32_t stream_id; /* 0 until submitted */
+  bool headers_sent; /* HEADERS serialized (grpc_ccall_request_sent) */
   bool stream_live;  /* nghttp2 has the stream and its user data is us */
 
   struct grpc_client_handlers h;
