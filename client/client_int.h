@@ -60,6 +60,11 @@ bool cairn__should_retry(bool idempotent, bool sent, int code, const char *messa
 bool cairn__refused_text(const char *message);
 bool cairn__endpoint_fault(int code, const char *message);
 
+/* The loop time (uv_now(), ms) since which the watch has had no watcher
+ * on a server (between streams, or waiting for the created reply); 0 while
+ * it has one. The informer's relist_after_ms is measured with it. */
+uint64_t cairn__watch_down_since(const cairn_watch *w);
+
 /* Packs msg into a malloc'ed buffer (*out, *len). CAIRN_ENOMEM. */
 int cairn__pack(const ProtobufCMessage *msg, uint8_t **out, size_t *len);
 
