@@ -243,8 +243,7 @@ static int ep_client(cairn_client *c, unsigned i, grpc_client **out) {
   return 0;
 }
 
-/* The index of endpoint s (as given, or "host:port"), or -1. */
-static int ep_find(const cairn_client *c, const char *s) {
+int cairn__endpoint_index(const cairn_client *c, const char *s) {
   for (unsigned i = 0; i < c->n_eps; i++) {
     if (strcmp(c->eps[i].given, s) == 0 || strcmp(c->eps[i].name, s) == 0) {
       return (int)i;
@@ -552,7 +551,7 @@ int cairn_unary(cairn_client *c, const char *path, const ProtobufCMessage *req,
   }
   int fixed = -1;
   if (opts && opts->endpoint) {
-    fixed = ep_find(c, opts->endpoint);
+    fixed = cairn__endpoint_index(c, opts->endpoint);
     if (fixed < 0) {
       return CAIRN_EINVAL;
     }

@@ -42,6 +42,9 @@ void cairn__endpoint_failed(cairn_client *c, unsigned index);
 /* "host:port" of endpoint index. */
 const char *cairn__endpoint_name(const cairn_client *c, unsigned index);
 
+/* The index of endpoint s (as given in the config, or "host:port"), or -1. */
+int cairn__endpoint_index(const cairn_client *c, const char *s);
+
 /* Delay before reconnect attempt n (0, 1, ...): 25 ms doubling to 1 s, with
  * up to 25% jitter. */
 uint64_t cairn__backoff_ms(unsigned attempt);
