@@ -604,7 +604,7 @@ static void test_snapshot(void) {
 /* Endpoints [dead port, live]: the call fails over and succeeds. */
 static void test_failover(void) {
   char dead[64];
-  snprintf(dead, sizeof dead, "127.0.0.1:%d", g_base + 90);
+  snprintf(dead, sizeof dead, "127.0.0.1:%d", g_base + 40);
   const char *eps[] = {dead, g_ep};
   cairn_client *c = client_for(eps, 2, 5000);
   CHECK(strcmp(cairn_client_endpoint(c), dead) == 0);
@@ -711,7 +711,7 @@ static void raw_stop(struct raw *rs) {
 
 static void test_bad_servers(void) {
   struct raw rs;
-  int port = g_base + 91;
+  int port = g_base + 41;
   raw_start(&rs, port, true);
   char ep[64];
   snprintf(ep, sizeof ep, "127.0.0.1:%d", port);

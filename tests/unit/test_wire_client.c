@@ -1811,6 +1811,95 @@ static void test_etcd(void) {
   test_rmdir(dir);
 }
 
+
+/* ---- keepalive and request_sent --------------------------------------------------------- */
+
+struct sent_result {
+  bool done;
+  int status;
+  bool sent;
+  char message[GRPC_CLIENT_STATUS_MESSAGE_BYTES_MAX + 1];
+};
+
+static void sent_done(grpc_ccall *call, int status, const char *message, void *data) {
+  struct sent_result *r = data;
+  CHECK(!in_api);
+  r->done = true;
+  r->status = status;
+  r->sent = grpc_ccall_request_sent(call);
+  snprintf(r->message, sizeof r->message, "%s", message);
+}
+
+static void sent_call(grpc_client *cl, const char *path, uint64_t timeout_ms,
+                      struct sent_result *r) {
+  memset(r, 0, sizeof *r);
+  struct grpc_client_handlers h = {.on_message = NULL, .on_done = sent_done};
+  grpc_ccall *call;
+  in_api = true;
+  CHECK_OK(grpc_client_call(cl, path, NULL, 0, timeout_ms, &h, r, &call));
+  CHECK(!grpc_ccall_request_sent(call));
+  CHECK_OK(grpc_ccall_send(call, (const uint8_t *)"x", 1));
+  CHECK_OK(grpc_ccall_close_send(call));
+  in_api = false;
+}
+
+static void test_keepalive_and_sent(void) {
+  /* A refused connection: the request never left. */
+  struct env env;
+  env_init(&env, true);
+  int port = free_port();
+  char ep[64];
+  snprintf(ep, sizeof ep, "127.0.0.1:%d", port);
+  grpc_client *cl = client_new(&env, ep, NULL);
+  struct sent_result r;
+  sent_call(cl, "/test.Echo/Say", 2000, &r);
+  run_until(&env, &r.done);
+  CHECK_EQ_INT(r.status, GRPC_UNAVAILABLE);
+  CHECK(!r.sent);
+  client_close(&env, cl);
+
+  /* Our server answers PINGs: a hanging call with keepalive every 50 ms
+   * lives to its deadline; the request was sent. */
+  struct grpc_client_options o = {.keepalive_time_ms = 50, .keepalive_timeout_ms = 100};
+  snprintf(ep, sizeof ep, "127.0.0.1:%d", env.port);
+  cl = client_new(&env, ep, &o);
+  sent_call(cl, "/test.Echo/Hang", 600, &r);
+  run_until(&env, &r.done);
+  CHECK_EQ_INT(r.status, GRPC_DEADLINE_EXCEEDED);
+  CHECK(r.sent);
+  client_close(&env, cl);
+
+  /* A listener that accepts and then says nothing (a stopped server): the
+   * PING goes unanswered and the connection ends long before the deadline. */
+  struct raw_server rs;
+  raw_start(&env, &rs, RAW_SILENT);
+  snprintf(ep, sizeof ep, "127.0.0.1:%d", rs.port);
+  o.keepalive_time_ms = 100;
+  o.keepalive_timeout_ms = 150;
+  cl = client_new(&env, ep, &o);
+  uint64_t t0 = uv_now(&env.loop);
+  sent_call(cl, "/test.Echo/Say", 10000, &r);
+  run_until(&env, &r.done);
+  uv_update_time(&env.loop);
+  CHECK_EQ_INT(r.status, GRPC_UNAVAILABLE);
+  char want[160];
+  snprintf(want, sizeof want, "connection to %s: " GRPC_CLIENT_KEEPALIVE_TEXT, ep);
+  if (strcmp(r.message, want) != 0) {
+    fprintf(stderr, "got \"%s\"\n", r.message);
+    CHECK(0);
+  }
+  CHECK(r.sent);
+  uint64_t took = uv_now(&env.loop) - t0;
+  CHECK(took >= 250 && took < 2000);
+  /* Idle (no call): no PING, unless permitted; the connection stays. */
+  struct grpc_client_stats st;
+  grpc_client_stats(cl, &st);
+  CHECK_EQ_INT(st.connections_opened, 1);
+  client_close(&env, cl);
+  raw_stop(&env, &rs);
+  env_finish(&env);
+}
+
 int main(void) {
   test_seed("test_wire_client");
   signal(SIGPIPE, SIG_IGN);
@@ -1828,6 +1917,7 @@ int main(void) {
   TEST_RUN(test_raw_servers);
   TEST_RUN(test_status_mapping);
   TEST_RUN(test_goaway_and_restart);
+  TEST_RUN(test_keepalive_and_sent);
   TEST_RUN(test_tls);
   TEST_RUN(test_etcd);
   printf("test_wire_client: ok\n");
