@@ -218,7 +218,8 @@ static void pick_ports(int ports[3]) {
       return;
     }
   }
-  CHECK(!"no free ports in 36200-36299");
+  fprintf(stderr, "no free ports in 36200-36299\n");
+  abort();
 }
 
 static void server_exit(uv_process_t *p, int64_t status, int sig) {
@@ -396,6 +397,8 @@ static void client_close(cairn_client *c) {
   run_until(&closed, TIMEOUT_MS);
 }
 
+static const char *srv_log_path = "";
+
 /* Waits until the server answers a write. */
 static void wait_ready(cairn_client *c) {
   for (int i = 0; i < 400; i++) {
@@ -408,7 +411,8 @@ static void wait_ready(cairn_client *c) {
     }
     sleep_ms(50);
   }
-  CHECK(!"the server never became ready");
+  fprintf(stderr, "the server never became ready (log: %s)\n", srv_log_path);
+  abort();
 }
 
 /* The fixture: a server, a writer straight to it, a relay to it. */
@@ -424,6 +428,7 @@ static void fixture_start(void) {
   srv.dir = test_tmpdir("client-stream");
   snprintf(srv.data, sizeof srv.data, "%s/data", srv.dir);
   snprintf(srv.log, sizeof srv.log, "%s/server.log", srv.dir);
+  srv_log_path = srv.log;
   if (use_etcd) {
     snprintf(srv.bin, sizeof srv.bin, "/usr/bin/etcd");
   } else {
