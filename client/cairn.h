@@ -312,8 +312,11 @@ struct cairn_watch_opts {
 };
 
 struct cairn_watch_update {
-  /* The store's revision when the server sent this update (header); every
-   * event of the watch up to it has been delivered. */
+  /* Every event of the watch up to this revision has been delivered. It is
+   * the header's revision when the update carries everything up to it, and
+   * the last revision whose events are all delivered when the server sends
+   * a catch-up in parts (etcd sends at most 1000 revisions at a time, each
+   * with the current header): so it may be below the store's revision. */
   int64_t revision;
   /* Events in revision order, each with kv->mod_revision greater than any
    * delivered before; none on a progress update. */
