@@ -15,7 +15,10 @@ import threading
 import time
 import urllib.parse
 
-from clusterlib import popen
+import grpc
+
+import etcd3.etcdrpc as rpc
+from clusterlib import CHANNEL_OPTIONS, popen
 
 _COUNT = [0]
 
@@ -23,6 +26,22 @@ _COUNT = [0]
 def unq(s):
     """A key or value as a probe prints it, back to bytes."""
     return b"" if s == "-" else urllib.parse.unquote_to_bytes(s)
+
+
+def fresh_channel(m):
+    """A channel to member m of its own (close it after use): after a
+    restart, the member's shared channel (Member.chan(), and grpc's global
+    subchannel pool) may stay in reconnect backoff for ~15 s."""
+    return grpc.insecure_channel(m.endpoint, options=CHANNEL_OPTIONS + [("grpc.use_local_subchannel_pool", 1)])
+
+
+def fresh_revision(m):
+    """m's own revision (serializable), through a fresh channel."""
+    ch = fresh_channel(m)
+    try:
+        return rpc.KVStub(ch).Range(rpc.RangeRequest(key=b"x", serializable=True), timeout=1).header.revision
+    finally:
+        ch.close()
 
 
 class Probe:
