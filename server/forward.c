@@ -559,6 +559,14 @@ static void ka_on_up_done(grpc_ccall *up, int status, const char *message, void 
 
 static void ka_open(struct held *h) {
   struct fwd *f = h->f;
+  uint64_t leader;
+  if (is_leader(f->s, &leader)) {
+    /* This member was elected while the stream was being relayed: there is
+     * no one to relay to. End the stream; the client opens a new one, which
+     * this member then serves itself (etcd's clients reopen on any error). */
+    finish_held(h, cairn_grpc_code(CAIRN_ELEADER_CHANGED), cairn_strerror(CAIRN_ELEADER_CHANGED));
+    return;
+  }
   grpc_client *c = leader_client(f);
   if (c == NULL) {
     return; /* messages wait: the tick retries */
