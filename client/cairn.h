@@ -268,7 +268,10 @@ CAIRN_API int cairn_lease_leases(cairn_client *c, const struct cairn_call_opts *
  * gave) over a LeaseKeepAlive stream that the client shares among its
  * keep-alives; when the stream fails (connection lost, leader lost) it is
  * opened again on the next endpoint, with backoff, and renewals go on: a
- * leader change costs no more than the time to reconnect. The keep-alive
+ * leader change costs no more than the time to reconnect. A stream that
+ * leaves a renewal unanswered until the next is due (at least 1 s) is
+ * taken for stuck (a member that lost its leader still answers PINGs) and
+ * opened again on the next endpoint. The keep-alive
  * ends when the server answers TTL <= 0 (the lease expired or was revoked:
  * on_end with NOT_FOUND "etcdserver: requested lease not found") or the
  * client closes (CANCELLED). */

@@ -91,6 +91,7 @@ struct cairn_client {
 
   struct cairn__obj objs; /* sentinel of the attached objects */
   struct cu *calls;       /* unary calls not yet freed */
+  void *keepalive;        /* keepalive.c's shared stream state, or NULL */
   unsigned n_calls;
 
   bool closing;
@@ -180,6 +181,10 @@ bool cairn__endpoint_fault(int code, const char *message) {
 const char *cairn__endpoint_name(const cairn_client *c, unsigned index) {
   CAIRN_ASSERT(index < c->n_eps);
   return c->eps[index].name;
+}
+
+void **cairn__keepalive_slot(cairn_client *c) {
+  return &c->keepalive;
 }
 
 const struct cairn_config *cairn__config(const cairn_client *c) {

@@ -49,6 +49,10 @@ int cairn__endpoint_index(const cairn_client *c, const char *s);
  * up to 25% jitter. */
 uint64_t cairn__backoff_ms(unsigned attempt);
 
+/* keepalive.c's per-client state (its shared LeaseKeepAlive stream): a
+ * slot in the client, NULL until keepalive.c sets it. */
+void **cairn__keepalive_slot(cairn_client *c);
+
 /* The client's configuration after defaults were filled in. */
 const struct cairn_config *cairn__config(const cairn_client *c);
 

@@ -4,11 +4,8 @@
  * keep-alives, as etcd's clientv3 does. The shared state (struct ka_stream)
  * is a long-lived object of the client (cairn__attach), created by the first
  * cairn_keepalive_start() of a client and freed once the client has no
- * keep-alive left and its stream has ended. client_int.h offers no slot in
- * struct cairn_client, so the ka_stream of a client is found through a small
- * registry (a list keyed by the client pointer, one entry per client that
- * has keep-alives; a mutex guards it because sync clients run their loops on
- * threads of their own).
+ * keep-alive left and its stream has ended. The client keeps a pointer to
+ * it (cairn__keepalive_slot).
  *
  * Each keep-alive has its own timer: the first renewal goes out at once,
  * then one every TTL/3 of the TTL the last answer gave (KA_RETRY_MS before
@@ -19,13 +16,19 @@
  *
  * The stream runs with "hasleader: true". When it ends for any reason but
  * our own cancel or the client's close, the endpoint is reported failed and
- * the stream is opened again after cairn__backoff_ms(attempt).
+ * the stream is opened again after cairn__backoff_ms(attempt). A stream that
+ * stays silent is treated the same way: when a renewal is due while the
+ * previous one of the same lease has waited for its answer for the renewal
+ * interval (at least KA_ANSWER_WAIT_MIN_MS), the stream is cancelled and
+ * opened again on the next endpoint. That catches a member that is alive
+ * (its connection answers PINGs) but cannot renew (it lost its leader, or
+ * relays to one that is gone) long before the connection's keepalive would,
+ * and well within the lease's TTL.
  *
  * Bounds: renewals queued on the stream are bounded by the gRPC send queue
  * (8 MiB, that is about 700000 renewals): at the bound a renewal stays
  * marked due and goes out from grpc_ccall_on_writable(). The hash table
  * grows with the keep-alives (each one was asked for by the caller). */
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,6 +40,9 @@
 /* Initial buckets of the lease table (a power of two); it doubles when the
  * load passes 1. */
 #define KA_BUCKETS_MIN 16u
+/* A renewal unanswered for this long (or the renewal interval, if longer)
+ * when the next one is due: the stream is stuck. */
+#define KA_ANSWER_WAIT_MIN_MS 1000u
 
 struct ka_stream;
 
@@ -47,6 +53,7 @@ struct cairn_keepalive {
   int64_t ttl_s; /* of the last answer; 0 before the first */
   uv_timer_t timer;
   bool due;          /* a renewal waits for the stream */
+  uint64_t sent_ms;  /* loop time of the oldest unanswered renewal; 0: none */
   uint64_t seen_gen; /* answer delivery round that already saw this one */
   struct cairn_keepalive_handlers h;
   void *data;
@@ -61,7 +68,6 @@ enum ka_state {
 struct ka_stream {
   struct cairn__obj obj; /* first: the client's list */
   cairn_client *c;
-  struct ka_stream *reg_next; /* registry */
   enum ka_state state;
   grpc_ccall *call;
   unsigned endpoint;
@@ -73,37 +79,6 @@ struct ka_stream {
   uint64_t gen;
   bool freeing;
 };
-
-static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct ka_stream *registry;
-
-static void registry_add(struct ka_stream *ks) {
-  pthread_mutex_lock(&registry_lock);
-  ks->reg_next = registry;
-  registry = ks;
-  pthread_mutex_unlock(&registry_lock);
-}
-
-static void registry_remove(struct ka_stream *ks) {
-  pthread_mutex_lock(&registry_lock);
-  for (struct ka_stream **p = &registry; *p != NULL; p = &(*p)->reg_next) {
-    if (*p == ks) {
-      *p = ks->reg_next;
-      break;
-    }
-  }
-  pthread_mutex_unlock(&registry_lock);
-}
-
-static struct ka_stream *registry_find(const cairn_client *c) {
-  pthread_mutex_lock(&registry_lock);
-  struct ka_stream *ks = registry;
-  while (ks != NULL && ks->c != c) {
-    ks = ks->reg_next;
-  }
-  pthread_mutex_unlock(&registry_lock);
-  return ks;
-}
 
 /* ---- the lease table ----------------------------------------------------- */
 
@@ -176,7 +151,10 @@ static void ks_maybe_free(struct ka_stream *ks) {
     return;
   }
   ks->freeing = true;
-  registry_remove(ks);
+  void **slot = cairn__keepalive_slot(ks->c);
+  if (*slot == ks) {
+    *slot = NULL;
+  }
   uv_timer_stop(&ks->timer);
   uv_close((uv_handle_t *)&ks->timer, ks_free_cb);
 }
@@ -206,9 +184,18 @@ static void ka_timer_cb(uv_timer_t *t) {
   ks_send(ka->ks, ka);
 }
 
-static void ka_schedule(struct cairn_keepalive *ka) {
+static uint64_t ka_interval_ms(const struct cairn_keepalive *ka) {
   uint64_t ms = ka->ttl_s > 0 ? (uint64_t)ka->ttl_s * 1000u / 3u : KA_RETRY_MS;
-  uv_timer_start(&ka->timer, ka_timer_cb, ms > 0 ? ms : 1, 0);
+  return ms > 0 ? ms : 1;
+}
+
+static uint64_t ka_answer_wait_ms(const struct cairn_keepalive *ka) {
+  uint64_t ms = ka_interval_ms(ka);
+  return ms > KA_ANSWER_WAIT_MIN_MS ? ms : KA_ANSWER_WAIT_MIN_MS;
+}
+
+static void ka_schedule(struct cairn_keepalive *ka) {
+  uv_timer_start(&ka->timer, ka_timer_cb, ka_interval_ms(ka), 0);
 }
 
 static void ks_flush_cb(grpc_ccall *call, void *data);
@@ -221,6 +208,15 @@ static void ks_send(struct ka_stream *ks, struct cairn_keepalive *ka) {
     ka->due = true;
     return;
   }
+  uint64_t now = uv_now(cairn_client_loop(ks->c));
+  if (ka->sent_ms != 0 && now - ka->sent_ms >= ka_answer_wait_ms(ka)) {
+    /* The last renewal is still unanswered: the stream is stuck. Its end
+     * (not ours: an endpoint failure) reopens it on the next endpoint, and
+     * this renewal goes out on the new stream. */
+    ka->due = true;
+    grpc_ccall_cancel(ks->call);
+    return;
+  }
   Etcdserverpb__LeaseKeepAliveRequest req = ETCDSERVERPB__LEASE_KEEP_ALIVE_REQUEST__INIT;
   req.id = ka->id;
   uint8_t buf[16]; /* tag + a 10-byte varint */
@@ -229,6 +225,9 @@ static void ks_send(struct ka_stream *ks, struct cairn_keepalive *ka) {
   int rc = grpc_ccall_send(ks->call, buf, len);
   if (rc == 0) {
     ka->due = false;
+    if (ka->sent_ms == 0) {
+      ka->sent_ms = now ? now : 1;
+    }
     return;
   }
   /* CAIRN_EBUSY: the send queue is at its bound; ESTOPPED: the call is
@@ -276,6 +275,7 @@ static void ks_answer(struct ka_stream *ks, int64_t id, int64_t ttl_s) {
       return;
     }
     ka->seen_gen = gen;
+    ka->sent_ms = 0;
     if (ttl_s <= 0) {
       struct cairn_keepalive_handlers h = ka->h;
       void *data = ka->data;
@@ -356,6 +356,11 @@ static void ks_open(struct ka_stream *ks) {
   ks->call = call;
   ks->endpoint = used;
   ks->state = KA_OPEN;
+  for (size_t i = 0; i < ks->n_buckets; i++) {
+    for (struct cairn_keepalive *ka = ks->buckets[i]; ka != NULL; ka = ka->hnext) {
+      ka->sent_ms = 0; /* answers on the old stream will not come */
+    }
+  }
   ks_flush(ks);
 }
 
@@ -406,7 +411,7 @@ static void ks_close_cb(struct cairn__obj *obj) {
 }
 
 static int ks_get(cairn_client *c, struct ka_stream **out) {
-  struct ka_stream *ks = registry_find(c);
+  struct ka_stream *ks = *cairn__keepalive_slot(c);
   if (ks != NULL && !ks->freeing) {
     *out = ks;
     return 0;
@@ -426,7 +431,7 @@ static int ks_get(cairn_client *c, struct ka_stream **out) {
   ks->obj.close_cb = ks_close_cb;
   CAIRN_ASSERT(uv_timer_init(cairn_client_loop(c), &ks->timer) == 0);
   ks->timer.data = ks;
-  registry_add(ks);
+  *cairn__keepalive_slot(c) = ks;
   cairn__attach(c, &ks->obj);
   *out = ks;
   return 0;
