@@ -14,6 +14,7 @@ openssl as in tests/integration/test_tls.sh):
 """
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -47,6 +48,14 @@ def make_pki(t, pki):
                 "-CAcreateserial", "-days", "2", "-extfile", name + ".ext", "-out", name + ".crt")
 
 
+def port_open(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def failing_probe(t, args, within, what):
     """The lease probe with args must end by itself within `within` seconds
     with a non-zero status and an END line that is not a success."""
@@ -75,6 +84,9 @@ def test(t):
     m = c.members[0]
     m.url = "https://" + m.endpoint
     c.start(m)
+    # grpc's first connect to a port not yet bound backs off for seconds:
+    # open the channel once the port accepts.
+    t.wait_for(20, lambda: port_open(m.client_port), "the TLS member's port accepts connections", interval=0.05)
     creds = grpc.ssl_channel_credentials(root_certificates=open(P("ca.crt"), "rb").read(),
                                          private_key=open(P("client.key"), "rb").read(),
                                          certificate_chain=open(P("client.crt"), "rb").read())
