@@ -52,7 +52,9 @@ int main(int argc, char **argv) {
       snprintf(err.message, sizeof err.message, "the key is gone");
       rc = 1;
     }
-    cairn_response_free(&resp->base);
+    if (resp != NULL) {
+      cairn_response_free(&resp->base);
+    }
   }
   if (rc != 0) {
     fprintf(stderr, "hello: %s\n", err.message[0] ? err.message : cairn_strerror(rc));
