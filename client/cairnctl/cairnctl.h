@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <signal.h>
 #include <stdio.h>
 
 #include "client/cairn.h"
@@ -113,6 +114,14 @@ const char *ctl_endpoint_url(const struct ctl *ctl, size_t i);
 
 /* Per-call options with the command timeout. */
 struct cairn_call_opts ctl_opts(const struct ctl *ctl);
+
+/* For commands that run until a signal (watch, keep-alive): SIGINT and
+ * SIGTERM get their default action back (a shell starts background jobs
+ * with SIGINT ignored, and an ignored signal never reaches sigwait()),
+ * then SIGINT, SIGTERM and SIGUSR1 (the command's own end) are blocked in
+ * *set for sigwait(). Call before ctl_client(): the library's thread
+ * inherits the mask. */
+void ctl_signals_block(sigset_t *set);
 
 /* "Error: <fmt>" on stderr; returns code. */
 int ctl_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

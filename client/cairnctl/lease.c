@@ -259,14 +259,9 @@ int cmd_lease_keepalive(struct ctl *ctl, int argc, char **argv) {
   int rc = lease_args(ctl, argc, argv, flags, "lease keep-alive command needs lease ID as argument", &id);
   if (rc != 0) return rc;
 
-  /* SIGINT and SIGTERM (and SIGUSR1, the end) are taken by sigwait(); the
-   * library's thread inherits the mask, so it must be set first. */
   sigset_t set;
   sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGUSR1);
-  if (!once) pthread_sigmask(SIG_BLOCK, &set, NULL);
+  if (!once) ctl_signals_block(&set);
   cairn_sync *s = ctl_client(ctl);
   if (s == NULL) return CTL_EXIT_BAD_CONNECTION;
 

@@ -1,5 +1,6 @@
 /* client/cairnctl/main.c: cairnctl's entry point: global flags and their
  * environment variables, the table of commands, the client. */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,16 @@ int ctl_call_error(int rc, const struct cairn_error *err, const char *prefix) {
   const char *text = rc < 0 ? cairn_strerror(rc) : err->message;
   if (prefix != NULL) return ctl_error(CTL_EXIT_ERROR, "%s (%s)", prefix, text);
   return ctl_error(CTL_EXIT_ERROR, "%s", text);
+}
+
+void ctl_signals_block(sigset_t *set) {
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+  sigemptyset(set);
+  sigaddset(set, SIGINT);
+  sigaddset(set, SIGTERM);
+  sigaddset(set, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, set, NULL);
 }
 
 static bool ctl_tls(const struct ctl *ctl) {

@@ -133,13 +133,8 @@ int cmd_watch(struct ctl *ctl, int argc, char **argv) {
   st.opts.prev_kv = prev_kv;
   st.opts.progress_notify = progress;
 
-  /* The library's thread inherits this mask: the signals come to sigwait. */
   sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGUSR1);
-  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  ctl_signals_block(&set);
   pthread_mutex_init(&st.mu, NULL);
   cairn_sync *s = ctl_client(ctl);
   if (s == NULL) {
