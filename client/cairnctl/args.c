@@ -9,20 +9,24 @@
 
 int ctl_parse_i64(const char *s, int base, int64_t *out) {
   char *end;
-  if (s == NULL || *s == '\0') return -1;
+  if (s == NULL || *s == '\0')
+    return -1;
   errno = 0;
   long long v = strtoll(s, &end, base);
-  if (errno != 0 || *end != '\0') return -1;
+  if (errno != 0 || *end != '\0')
+    return -1;
   *out = (int64_t)v;
   return 0;
 }
 
 int ctl_parse_u64(const char *s, int base, uint64_t *out) {
   char *end;
-  if (s == NULL || *s == '\0' || *s == '-' || *s == '+') return -1;
+  if (s == NULL || *s == '\0' || *s == '-' || *s == '+')
+    return -1;
   errno = 0;
   unsigned long long v = strtoull(s, &end, base);
-  if (errno != 0 || *end != '\0') return -1;
+  if (errno != 0 || *end != '\0')
+    return -1;
   *out = (uint64_t)v;
   return 0;
 }
@@ -36,7 +40,8 @@ int ctl_parse_duration_ms(const char *s, uint64_t *out) {
   } units[] = {{"ns", 1e-6}, {"us", 1e-3}, {"\xc2\xb5s", 1e-3}, {"ms", 1.0},
                {"s", 1e3},   {"m", 6e4},   {"h", 3.6e6}};
   double total = 0;
-  if (s == NULL || *s == '\0') return -1;
+  if (s == NULL || *s == '\0')
+    return -1;
   if (strcmp(s, "0") == 0) {
     *out = 0;
     return 0;
@@ -45,7 +50,8 @@ int ctl_parse_duration_ms(const char *s, uint64_t *out) {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (end == s || errno != 0 || v < 0) return -1;
+    if (end == s || errno != 0 || v < 0)
+      return -1;
     s = end;
     size_t best = 0, best_len = 0;
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
@@ -56,7 +62,8 @@ int ctl_parse_duration_ms(const char *s, uint64_t *out) {
         best_len = len;
       }
     }
-    if (best_len == 0) return -1;
+    if (best_len == 0)
+      return -1;
     total += v * units[best].ms;
     s += best_len;
   }
@@ -65,7 +72,8 @@ int ctl_parse_duration_ms(const char *s, uint64_t *out) {
 }
 
 void ctl_strings_clear(struct ctl_strings *s) {
-  for (size_t i = 0; i < s->n; i++) free(s->v[i]);
+  for (size_t i = 0; i < s->n; i++)
+    free(s->v[i]);
   s->n = 0;
 }
 
@@ -79,10 +87,12 @@ int ctl_strings_add_list(struct ctl_strings *s, const char *list) {
         return ctl_error(CTL_EXIT_BAD_ARGS, "too many items in \"%s\" (at most %u)", list,
                          CTL_STRINGS_MAX);
       char *item = strndup(p, len);
-      if (item == NULL) return ctl_error(CTL_EXIT_ERROR, "out of memory");
+      if (item == NULL)
+        return ctl_error(CTL_EXIT_ERROR, "out of memory");
       s->v[s->n++] = item;
     }
-    if (comma == NULL) return 0;
+    if (comma == NULL)
+      return 0;
     p = comma + 1;
   }
 }
@@ -107,25 +117,25 @@ static int parse_bool(const char *v, bool *out) {
 static int flag_set(const struct ctl_flag *f, const char *value) {
   int bad = 0;
   switch (f->type) {
-  case CTL_FLAG_BOOL:
-    bad = parse_bool(value, f->dst);
-    break;
-  case CTL_FLAG_STRING:
-    *(const char **)f->dst = value;
-    break;
-  case CTL_FLAG_INT:
-    bad = ctl_parse_i64(value, 0, f->dst);
-    break;
-  case CTL_FLAG_DURATION:
-    bad = ctl_parse_duration_ms(value, f->dst);
-    break;
-  case CTL_FLAG_STRINGS: {
-    /* A flag given again replaces what the environment said: etcdctl's
-     * --endpoints is one value, not an accumulation over sources. */
-    struct ctl_strings *s = f->dst;
-    ctl_strings_clear(s);
-    return ctl_strings_add_list(s, value);
-  }
+    case CTL_FLAG_BOOL:
+      bad = parse_bool(value, f->dst);
+      break;
+    case CTL_FLAG_STRING:
+      *(const char **)f->dst = value;
+      break;
+    case CTL_FLAG_INT:
+      bad = ctl_parse_i64(value, 0, f->dst);
+      break;
+    case CTL_FLAG_DURATION:
+      bad = ctl_parse_duration_ms(value, f->dst);
+      break;
+    case CTL_FLAG_STRINGS: {
+      /* A flag given again replaces what the environment said: etcdctl's
+       * --endpoints is one value, not an accumulation over sources. */
+      struct ctl_strings *s = f->dst;
+      ctl_strings_clear(s);
+      return ctl_strings_add_list(s, value);
+    }
   }
   if (bad != 0)
     return ctl_error(CTL_EXIT_BAD_ARGS, "invalid argument \"%s\" for \"--%s\" flag", value,
@@ -150,9 +160,11 @@ static const struct ctl_flag *flag_find(const struct ctl_flag *flags,
 int ctl_apply_env(const struct ctl_flag *flags) {
   for (const struct ctl_flag *f = flags; f->name != NULL; f++) {
     const char *v = f->env != NULL ? getenv(f->env) : NULL;
-    if (v == NULL || *v == '\0') continue;
+    if (v == NULL || *v == '\0')
+      continue;
     int rc = flag_set(f, v);
-    if (rc != 0) return rc;
+    if (rc != 0)
+      return rc;
   }
   return 0;
 }
@@ -180,11 +192,14 @@ int ctl_parse_flags(int argc, char **argv, const struct ctl_flag *flags,
       f = flag_find(flags, globals, name, len, 0);
       if (f == NULL)
         return ctl_error(CTL_EXIT_BAD_ARGS, "unknown flag: --%.*s", (int)len, name);
-      if (eq != NULL) value = eq + 1;
+      if (eq != NULL)
+        value = eq + 1;
     } else {
       f = flag_find(flags, globals, NULL, 0, a[1]);
-      if (f == NULL) return ctl_error(CTL_EXIT_BAD_ARGS, "unknown shorthand flag: '%c' in %s", a[1], a);
-      if (a[2] != '\0') value = a[2] == '=' ? a + 3 : a + 2;
+      if (f == NULL)
+        return ctl_error(CTL_EXIT_BAD_ARGS, "unknown shorthand flag: '%c' in %s", a[1], a);
+      if (a[2] != '\0')
+        value = a[2] == '=' ? a + 3 : a + 2;
     }
     if (value == NULL) {
       if (f->type == CTL_FLAG_BOOL) {
@@ -196,7 +211,8 @@ int ctl_parse_flags(int argc, char **argv, const struct ctl_flag *flags,
       }
     }
     int rc = flag_set(f, value);
-    if (rc != 0) return rc;
+    if (rc != 0)
+      return rc;
   }
   *n_pos = pos;
   return 0;

@@ -12,10 +12,10 @@
 #ifndef CAIRNCTL_H
 #define CAIRNCTL_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <signal.h>
 #include <stdio.h>
 
 #include "client/cairn.h"
@@ -35,7 +35,13 @@ enum ctl_format { CTL_OUT_SIMPLE, CTL_OUT_JSON, CTL_OUT_TABLE };
 
 /* ---- flags (args.c) ------------------------------------------------------ */
 
-enum ctl_flag_type { CTL_FLAG_BOOL, CTL_FLAG_STRING, CTL_FLAG_INT, CTL_FLAG_DURATION, CTL_FLAG_STRINGS };
+enum ctl_flag_type {
+  CTL_FLAG_BOOL,
+  CTL_FLAG_STRING,
+  CTL_FLAG_INT,
+  CTL_FLAG_DURATION,
+  CTL_FLAG_STRINGS
+};
 
 /* One flag: --name (and -c when shorthand is nonzero). dst points to a
  * bool, a const char * (pointing into argv or the environment), an
@@ -96,8 +102,8 @@ struct ctl {
 /* Parses a command's arguments: its flags, then the global ones (see
  * ctl_parse_flags()), and checks --write-out against the formats the
  * command offers (a mask of 1 << CTL_OUT_*). Returns an exit code. */
-int ctl_args(struct ctl *ctl, int argc, char **argv, const struct ctl_flag *flags,
-             unsigned formats, int *n_pos);
+int ctl_args(struct ctl *ctl, int argc, char **argv, const struct ctl_flag *flags, unsigned formats,
+             int *n_pos);
 #define CTL_FORMATS_SJ ((1u << CTL_OUT_SIMPLE) | (1u << CTL_OUT_JSON))
 #define CTL_FORMATS_ALL (CTL_FORMATS_SJ | (1u << CTL_OUT_TABLE))
 
@@ -210,11 +216,11 @@ struct jw {
   FILE *f;
   bool first; /* no field written yet in the current object */
 };
-void jw_begin(struct jw *j, FILE *f);   /* "{" */
-void jw_end(struct jw *j);              /* "}" */
-void jw_key(struct jw *j, const char *name); /* ,"name": */
+void jw_begin(struct jw *j, FILE *f);         /* "{" */
+void jw_end(struct jw *j);                    /* "}" */
+void jw_key(struct jw *j, const char *name);  /* ,"name": */
 void jw_open(struct jw *j, const char *name); /* ,"name":{ (a nested object) */
-void jw_close(struct jw *j);            /* } of a nested object */
+void jw_close(struct jw *j);                  /* } of a nested object */
 void jw_i64(struct jw *j, const char *name, int64_t v, bool always);
 void jw_u64(struct jw *j, const char *name, uint64_t v, bool always);
 void jw_bool(struct jw *j, const char *name, bool v, bool always);

@@ -23,8 +23,10 @@ static int ep_set_open(struct ctl *ctl, bool cluster, struct ep_set *set) {
     return set->s != NULL ? 0 : CTL_EXIT_BAD_CONNECTION;
   }
   int rc = member_cluster_endpoints(ctl, &set->cluster);
-  if (rc == 0 && set->cluster.n == 0) rc = ctl_error(CTL_EXIT_ERROR, "no client URLs in the member list");
-  if (rc == 0) rc = ctl_client_for(ctl, &set->cluster, &set->s);
+  if (rc == 0 && set->cluster.n == 0)
+    rc = ctl_error(CTL_EXIT_ERROR, "no client URLs in the member list");
+  if (rc == 0)
+    rc = ctl_client_for(ctl, &set->cluster, &set->s);
   if (rc != 0) {
     ctl_strings_clear(&set->cluster);
     return rc;
@@ -49,7 +51,8 @@ static struct cairn_call_opts ep_set_opts(const struct ep_set *set, size_t i) {
 }
 
 static void ep_set_close(struct ep_set *set) {
-  if (set->own) cairn_sync_close(set->s);
+  if (set->own)
+    cairn_sync_close(set->s);
   ctl_strings_clear(&set->cluster);
 }
 
@@ -60,11 +63,13 @@ int endpoint_each(struct ctl *ctl, bool cluster,
                   void *data) {
   struct ep_set set;
   int rc = ep_set_open(ctl, cluster, &set), worst = 0;
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   for (size_t i = 0; i < ep_set_n(&set); i++) {
     struct cairn_call_opts o = ep_set_opts(&set, i);
     rc = fn(ctl, set.s, ep_set_name(&set, i), &o, data);
-    if (rc != 0) worst = rc;
+    if (rc != 0)
+      worst = rc;
   }
   ep_set_close(&set);
   return worst;
@@ -106,7 +111,8 @@ int cmd_endpoint_status(struct ctl *ctl, int argc, char **argv) {
       {NULL, 0, 0, NULL, NULL},
   };
   int n, rc = ctl_args(ctl, argc, argv, flags, CTL_FORMATS_ALL, &n);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   struct status_list l = {0};
   rc = endpoint_each(ctl, cluster, status_one, &l);
   if (ctl->format == CTL_OUT_JSON) {
@@ -114,9 +120,11 @@ int cmd_endpoint_status(struct ctl *ctl, int argc, char **argv) {
     for (size_t i = 0; i < l.n; i++) {
       const Etcdserverpb__StatusResponse *r = l.r[i];
       struct jw j;
-      if (i > 0) putchar(',');
+      if (i > 0)
+        putchar(',');
       fputs("{\"Endpoint\":", stdout);
-      jw_string_value(stdout, l.names[i] != NULL ? l.names[i] : "", l.names[i] != NULL ? strlen(l.names[i]) : 0);
+      jw_string_value(stdout, l.names[i] != NULL ? l.names[i] : "",
+                      l.names[i] != NULL ? strlen(l.names[i]) : 0);
       fputs(",\"Status\":", stdout);
       jw_begin(&j, stdout);
       json_header(&j, r->header);
@@ -130,7 +138,8 @@ int cmd_endpoint_status(struct ctl *ctl, int argc, char **argv) {
         jw_key(&j, "errors");
         putchar('[');
         for (size_t k = 0; k < r->n_errors; k++) {
-          if (k > 0) putchar(',');
+          if (k > 0)
+            putchar(',');
           jw_string_value(stdout, r->errors[k], strlen(r->errors[k]));
         }
         putchar(']');
@@ -143,9 +152,10 @@ int cmd_endpoint_status(struct ctl *ctl, int argc, char **argv) {
     fputs("]\n", stdout);
   } else {
     static const char *const headers[STATUS_COLS] = {
-        "ENDPOINT",  "ID",        "VERSION",    "DB SIZE",            "IS LEADER",
-        "IS LEARNER", "RAFT TERM", "RAFT INDEX", "RAFT APPLIED INDEX", "ERRORS"};
-    char (*text)[7][1024] = calloc(l.n + 1, sizeof *text);
+        "ENDPOINT",           "ID",         "VERSION",   "DB SIZE",
+        "IS LEADER",          "IS LEARNER", "RAFT TERM", "RAFT INDEX",
+        "RAFT APPLIED INDEX", "ERRORS"};
+    char(*text)[7][1024] = calloc(l.n + 1, sizeof *text);
     const char **cells = calloc((l.n + 1) * STATUS_COLS, sizeof *cells);
     for (size_t i = 0; text != NULL && cells != NULL && i < l.n; i++) {
       const Etcdserverpb__StatusResponse *r = l.r[i];
@@ -159,7 +169,8 @@ int cmd_endpoint_status(struct ctl *ctl, int argc, char **argv) {
       text[i][5][0] = '\0';
       for (size_t k = 0; k < r->n_errors; k++) {
         size_t used = strlen(text[i][5]);
-        snprintf(text[i][5] + used, sizeof text[i][5] - used, "%s%s", k > 0 ? ", " : "", r->errors[k]);
+        snprintf(text[i][5] + used, sizeof text[i][5] - used, "%s%s", k > 0 ? ", " : "",
+                 r->errors[k]);
       }
       row[0] = l.names[i] != NULL ? l.names[i] : "";
       row[1] = text[i][0];
@@ -172,7 +183,8 @@ int cmd_endpoint_status(struct ctl *ctl, int argc, char **argv) {
       row[8] = text[i][4];
       row[9] = text[i][5];
       if (ctl->format == CTL_OUT_SIMPLE) {
-        for (size_t c = 0; c < STATUS_COLS; c++) printf("%s%s", c > 0 ? ", " : "", row[c]);
+        for (size_t c = 0; c < STATUS_COLS; c++)
+          printf("%s%s", c > 0 ? ", " : "", row[c]);
         putchar('\n');
       }
     }
@@ -222,9 +234,11 @@ static int health_one(struct ctl *ctl, cairn_sync *s, const char *name,
   req.key.len = 6;
   Etcdserverpb__RangeResponse *r = NULL;
   int rc = cairn_sync_range(s, &req, o, &r, &err);
-  if (rc == 0) cairn_response_free(&r->base);
+  if (rc == 0)
+    cairn_response_free(&r->base);
   h->ok = rc == 0 || rc == 7 /* PERMISSION_DENIED */;
-  if (!h->ok) snprintf(h->error, sizeof h->error, "%s", rc < 0 ? cairn_strerror(rc) : err.message);
+  if (!h->ok)
+    snprintf(h->error, sizeof h->error, "%s", rc < 0 ? cairn_strerror(rc) : err.message);
   if (h->ok) {
     Etcdserverpb__AlarmRequest areq = ETCDSERVERPB__ALARM_REQUEST__INIT;
     ProtobufCMessage *m = NULL;
@@ -260,15 +274,18 @@ int cmd_endpoint_health(struct ctl *ctl, int argc, char **argv) {
       {NULL, 0, 0, NULL, NULL},
   };
   int n, rc = ctl_args(ctl, argc, argv, flags, CTL_FORMATS_ALL, &n);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   struct health_list *l = calloc(1, sizeof *l);
-  if (l == NULL) return ctl_error(CTL_EXIT_ERROR, "out of memory");
+  if (l == NULL)
+    return ctl_error(CTL_EXIT_ERROR, "out of memory");
   rc = endpoint_each(ctl, cluster, health_one, l);
   if (ctl->format == CTL_OUT_JSON) {
     putchar('[');
     for (size_t i = 0; i < l->n; i++) {
       struct jw j;
-      if (i > 0) putchar(',');
+      if (i > 0)
+        putchar(',');
       jw_begin(&j, stdout);
       jw_str(&j, "endpoint", l->h[i].name, true);
       jw_bool(&j, "health", l->h[i].ok, true);
@@ -286,7 +303,8 @@ int cmd_endpoint_health(struct ctl *ctl, int argc, char **argv) {
       cells[i * 4 + 2] = l->h[i].took;
       cells[i * 4 + 3] = l->h[i].error;
     }
-    if (cells != NULL) out_table(stdout, headers, 4, cells, l->n);
+    if (cells != NULL)
+      out_table(stdout, headers, 4, cells, l->n);
     free(cells);
   } else {
     /* etcdctl prints these on stderr. */
@@ -300,8 +318,10 @@ int cmd_endpoint_health(struct ctl *ctl, int argc, char **argv) {
                 l->h[i].error);
     }
   }
-  for (size_t i = 0; i < l->n; i++) free(l->h[i].name);
+  for (size_t i = 0; i < l->n; i++)
+    free(l->h[i].name);
   free(l);
-  if (rc != 0) return ctl_error(CTL_EXIT_ERROR, "unhealthy cluster");
+  if (rc != 0)
+    return ctl_error(CTL_EXIT_ERROR, "unhealthy cluster");
   return 0;
 }

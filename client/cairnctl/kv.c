@@ -11,7 +11,8 @@
  * own (ctl non-NULL), the command's alone for an operation of txn. */
 static int kv_flags(struct ctl *ctl, int argc, char **argv, const struct ctl_flag *flags,
                     int *n_pos) {
-  if (ctl != NULL) return ctl_args(ctl, argc, argv, flags, CTL_FORMATS_SJ, n_pos);
+  if (ctl != NULL)
+    return ctl_args(ctl, argc, argv, flags, CTL_FORMATS_SJ, n_pos);
   return ctl_parse_flags(argc, argv, flags, NULL, n_pos);
 }
 
@@ -19,7 +20,8 @@ size_t kv_buf_size(int argc, char **argv) {
   size_t max = 0;
   for (int i = 0; i < argc; i++) {
     size_t len = strlen(argv[i]);
-    if (len > max) max = len;
+    if (len > max)
+      max = len;
   }
   return max + 2;
 }
@@ -34,7 +36,8 @@ static ProtobufCBinaryData bin(const char *s) {
 static void kv_range_end(ProtobufCBinaryData *key, ProtobufCBinaryData *end, bool prefix,
                          bool from_key, uint8_t *buf) {
   static uint8_t zero[1] = {0};
-  if (!prefix && !from_key) return;
+  if (!prefix && !from_key)
+    return;
   if (key->len == 0) {
     key->data = zero;
     key->len = 1;
@@ -70,7 +73,8 @@ static int kv_get_req(struct ctl *ctl, int argc, char **argv, Etcdserverpb__Rang
       {NULL, 0, 0, NULL, NULL},
   };
   int n, rc = kv_flags(ctl, argc, argv, flags, &n);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   if (n == 0 || n > 2)
     return ctl_error(CTL_EXIT_BAD_ARGS,
                      "get command needs one argument as key and an optional argument as range_end");
@@ -78,7 +82,8 @@ static int kv_get_req(struct ctl *ctl, int argc, char **argv, Etcdserverpb__Rang
     return ctl_error(CTL_EXIT_BAD_ARGS,
                      "`--prefix` and `--from-key` cannot be set at the same time, choose one");
   if ((prefix || from_key) && n > 1)
-    return ctl_error(CTL_EXIT_BAD_ARGS, "too many arguments, only accept one argument when `--%s` is set.",
+    return ctl_error(CTL_EXIT_BAD_ARGS,
+                     "too many arguments, only accept one argument when `--%s` is set.",
                      prefix ? "prefix" : "from-key");
   if (gopts->keys_only && gopts->count_only)
     return ctl_error(CTL_EXIT_BAD_ARGS,
@@ -94,7 +99,8 @@ static int kv_get_req(struct ctl *ctl, int argc, char **argv, Etcdserverpb__Rang
 
   char up[16];
   size_t i;
-  for (i = 0; order[i] != '\0' && i + 1 < sizeof up; i++) up[i] = (char)toupper((unsigned char)order[i]);
+  for (i = 0; order[i] != '\0' && i + 1 < sizeof up; i++)
+    up[i] = (char)toupper((unsigned char)order[i]);
   up[i] = '\0';
   Etcdserverpb__RangeRequest__SortOrder so = ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__NONE;
   if (strcmp(up, "ASCEND") == 0) {
@@ -104,7 +110,8 @@ static int kv_get_req(struct ctl *ctl, int argc, char **argv, Etcdserverpb__Rang
   } else if (up[0] != '\0') {
     return ctl_error(CTL_EXIT_BAD_FEATURE, "bad sort order %s", order);
   }
-  for (i = 0; sort_by[i] != '\0' && i + 1 < sizeof up; i++) up[i] = (char)toupper((unsigned char)sort_by[i]);
+  for (i = 0; sort_by[i] != '\0' && i + 1 < sizeof up; i++)
+    up[i] = (char)toupper((unsigned char)sort_by[i]);
   up[i] = '\0';
   static const struct {
     const char *name;
@@ -119,7 +126,8 @@ static int kv_get_req(struct ctl *ctl, int argc, char **argv, Etcdserverpb__Rang
   Etcdserverpb__RangeRequest__SortTarget st = ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__KEY;
   if (up[0] != '\0') {
     for (i = 0; i < sizeof targets / sizeof targets[0]; i++)
-      if (strcmp(up, targets[i].name) == 0) break;
+      if (strcmp(up, targets[i].name) == 0)
+        break;
     if (i == sizeof targets / sizeof targets[0])
       return ctl_error(CTL_EXIT_BAD_FEATURE, "bad sort target %s", sort_by);
     st = targets[i].target;
@@ -132,7 +140,8 @@ static int kv_get_req(struct ctl *ctl, int argc, char **argv, Etcdserverpb__Rang
   req->sort_target = st;
 
   req->key = bin(argv[0]);
-  if (n == 2) req->range_end = bin(argv[1]);
+  if (n == 2)
+    req->range_end = bin(argv[1]);
   kv_range_end(&req->key, &req->range_end, prefix, from_key, buf);
   req->limit = limit;
   req->revision = rev;
@@ -150,7 +159,8 @@ int kv_build_range(int argc, char **argv, Etcdserverpb__RangeRequest *req,
 static char *read_stdin(size_t *len) {
   size_t cap = 4096, n = 0;
   char *buf = malloc(cap);
-  if (buf == NULL) return NULL;
+  if (buf == NULL)
+    return NULL;
   for (;;) {
     if (n == cap) {
       char *bigger = realloc(buf, cap * 2);
@@ -163,7 +173,8 @@ static char *read_stdin(size_t *len) {
     }
     size_t got = fread(buf + n, 1, cap - n, stdin);
     n += got;
-    if (got == 0) break;
+    if (got == 0)
+      break;
   }
   if (ferror(stdin)) {
     free(buf);
@@ -185,11 +196,14 @@ static int kv_put_req(struct ctl *ctl, int argc, char **argv, Etcdserverpb__PutR
       {NULL, 0, 0, NULL, NULL},
   };
   int n, rc = kv_flags(ctl, argc, argv, flags, &n);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   static const char need[] = "put command needs 1 argument and input from stdin or 2 arguments";
-  if (n == 0) return ctl_error(CTL_EXIT_BAD_ARGS, need);
+  if (n == 0)
+    return ctl_error(CTL_EXIT_BAD_ARGS, need);
   if (ignore_value && n > 1)
-    return ctl_error(CTL_EXIT_BAD_ARGS, "put command needs only 1 argument when 'ignore-value' is set");
+    return ctl_error(CTL_EXIT_BAD_ARGS,
+                     "put command needs only 1 argument when 'ignore-value' is set");
   req->key = bin(argv[0]);
   if (!ignore_value) {
     if (n > 1) {
@@ -197,7 +211,8 @@ static int kv_put_req(struct ctl *ctl, int argc, char **argv, Etcdserverpb__PutR
     } else if (owned != NULL) {
       size_t len;
       *owned = read_stdin(&len);
-      if (*owned == NULL) return ctl_error(CTL_EXIT_BAD_ARGS, need);
+      if (*owned == NULL)
+        return ctl_error(CTL_EXIT_BAD_ARGS, need);
       req->value.data = (uint8_t *)*owned;
       req->value.len = len;
     } else {
@@ -220,8 +235,8 @@ int kv_build_put(int argc, char **argv, Etcdserverpb__PutRequest *req) {
   return kv_put_req(NULL, argc, argv, req, NULL);
 }
 
-static int kv_del_req(struct ctl *ctl, int argc, char **argv,
-                      Etcdserverpb__DeleteRangeRequest *req, uint8_t *buf) {
+static int kv_del_req(struct ctl *ctl, int argc, char **argv, Etcdserverpb__DeleteRangeRequest *req,
+                      uint8_t *buf) {
   bool prefix = false, from_key = false, prev_kv = false;
   const struct ctl_flag flags[] = {
       {"prefix", 0, CTL_FLAG_BOOL, &prefix, NULL},
@@ -230,7 +245,8 @@ static int kv_del_req(struct ctl *ctl, int argc, char **argv,
       {NULL, 0, 0, NULL, NULL},
   };
   int n, rc = kv_flags(ctl, argc, argv, flags, &n);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   if (n == 0 || n > 2)
     return ctl_error(CTL_EXIT_BAD_ARGS,
                      "del command needs one argument as key and an optional argument as range_end");
@@ -238,10 +254,12 @@ static int kv_del_req(struct ctl *ctl, int argc, char **argv,
     return ctl_error(CTL_EXIT_BAD_ARGS,
                      "`--prefix` and `--from-key` cannot be set at the same time, choose one");
   if ((prefix || from_key) && n > 1)
-    return ctl_error(CTL_EXIT_BAD_ARGS, "too many arguments, only accept one argument when `--%s` is set.",
+    return ctl_error(CTL_EXIT_BAD_ARGS,
+                     "too many arguments, only accept one argument when `--%s` is set.",
                      prefix ? "prefix" : "from-key");
   req->key = bin(argv[0]);
-  if (n == 2) req->range_end = bin(argv[1]);
+  if (n == 2)
+    req->range_end = bin(argv[1]);
   kv_range_end(&req->key, &req->range_end, prefix, from_key, buf);
   req->prev_kv = prev_kv;
   return 0;
@@ -257,7 +275,8 @@ int cmd_get(struct ctl *ctl, int argc, char **argv) {
   Etcdserverpb__RangeRequest req = ETCDSERVERPB__RANGE_REQUEST__INIT;
   struct ctl_get_opts gopts = {0};
   uint8_t *buf = malloc(kv_buf_size(argc, argv));
-  if (buf == NULL) return ctl_error(CTL_EXIT_ERROR, "out of memory");
+  if (buf == NULL)
+    return ctl_error(CTL_EXIT_ERROR, "out of memory");
   int rc = kv_get_req(ctl, argc, argv, &req, &gopts, buf);
   cairn_sync *s = rc == 0 ? ctl_client(ctl) : NULL;
   if (s == NULL) {
@@ -269,7 +288,8 @@ int cmd_get(struct ctl *ctl, int argc, char **argv) {
   Etcdserverpb__RangeResponse *r = NULL;
   rc = cairn_sync_range(s, &req, &o, &r, &err);
   free(buf);
-  if (rc != 0) return ctl_call_error(rc, &err, NULL);
+  if (rc != 0)
+    return ctl_call_error(rc, &err, NULL);
   if (ctl->format == CTL_OUT_JSON) {
     json_range(stdout, r);
     putchar('\n');
@@ -296,7 +316,8 @@ int cmd_put(struct ctl *ctl, int argc, char **argv) {
   Etcdserverpb__PutResponse *r = NULL;
   rc = cairn_sync_put(s, &req, &o, &r, &err);
   free(owned);
-  if (rc != 0) return ctl_call_error(rc, &err, NULL);
+  if (rc != 0)
+    return ctl_call_error(rc, &err, NULL);
   if (ctl->format == CTL_OUT_JSON) {
     json_put(stdout, r);
     putchar('\n');
@@ -310,7 +331,8 @@ int cmd_put(struct ctl *ctl, int argc, char **argv) {
 int cmd_del(struct ctl *ctl, int argc, char **argv) {
   Etcdserverpb__DeleteRangeRequest req = ETCDSERVERPB__DELETE_RANGE_REQUEST__INIT;
   uint8_t *buf = malloc(kv_buf_size(argc, argv));
-  if (buf == NULL) return ctl_error(CTL_EXIT_ERROR, "out of memory");
+  if (buf == NULL)
+    return ctl_error(CTL_EXIT_ERROR, "out of memory");
   int rc = kv_del_req(ctl, argc, argv, &req, buf);
   cairn_sync *s = rc == 0 ? ctl_client(ctl) : NULL;
   if (s == NULL) {
@@ -322,7 +344,8 @@ int cmd_del(struct ctl *ctl, int argc, char **argv) {
   Etcdserverpb__DeleteRangeResponse *r = NULL;
   rc = cairn_sync_delete(s, &req, &o, &r, &err);
   free(buf);
-  if (rc != 0) return ctl_call_error(rc, &err, NULL);
+  if (rc != 0)
+    return ctl_call_error(rc, &err, NULL);
   if (ctl->format == CTL_OUT_JSON) {
     json_delete(stdout, r);
     putchar('\n');

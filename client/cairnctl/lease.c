@@ -12,7 +12,10 @@
 /* Lease IDs are hex on the command line (etcdctl's ParseInt(arg, 16, 64)). */
 static int lease_parse_id(const char *arg, int64_t *id) {
   if (ctl_parse_i64(arg, 16, id) != 0)
-    return ctl_error(CTL_EXIT_BAD_ARGS, "bad lease ID arg (strconv.ParseInt: parsing \"%s\": invalid syntax), expecting ID in Hex", arg);
+    return ctl_error(
+        CTL_EXIT_BAD_ARGS,
+        "bad lease ID arg (strconv.ParseInt: parsing \"%s\": invalid syntax), expecting ID in Hex",
+        arg);
   return 0;
 }
 
@@ -20,25 +23,32 @@ static int lease_parse_id(const char *arg, int64_t *id) {
 static int lease_args(struct ctl *ctl, int argc, char **argv, const struct ctl_flag *flags,
                       const char *missing, int64_t *id) {
   int n, rc = ctl_args(ctl, argc, argv, flags, CTL_FORMATS_SJ, &n);
-  if (rc != 0) return rc;
-  if (n != 1) return ctl_error(CTL_EXIT_BAD_ARGS, "%s", missing);
+  if (rc != 0)
+    return rc;
+  if (n != 1)
+    return ctl_error(CTL_EXIT_BAD_ARGS, "%s", missing);
   return lease_parse_id(argv[0], id);
 }
 
 int cmd_lease_grant(struct ctl *ctl, int argc, char **argv) {
   int n, rc = ctl_args(ctl, argc, argv, NULL, CTL_FORMATS_SJ, &n);
-  if (rc != 0) return rc;
-  if (n != 1) return ctl_error(CTL_EXIT_BAD_ARGS, "lease grant command needs TTL argument");
+  if (rc != 0)
+    return rc;
+  if (n != 1)
+    return ctl_error(CTL_EXIT_BAD_ARGS, "lease grant command needs TTL argument");
   int64_t ttl;
   if (ctl_parse_i64(argv[0], 10, &ttl) != 0)
-    return ctl_error(CTL_EXIT_BAD_ARGS, "bad TTL (strconv.ParseInt: parsing \"%s\": invalid syntax)", argv[0]);
+    return ctl_error(CTL_EXIT_BAD_ARGS,
+                     "bad TTL (strconv.ParseInt: parsing \"%s\": invalid syntax)", argv[0]);
   cairn_sync *s = ctl_client(ctl);
-  if (s == NULL) return CTL_EXIT_BAD_CONNECTION;
+  if (s == NULL)
+    return CTL_EXIT_BAD_CONNECTION;
   struct cairn_call_opts o = ctl_opts(ctl);
   struct cairn_error err;
   Etcdserverpb__LeaseGrantResponse *r = NULL;
   rc = cairn_sync_lease_grant(s, ttl, 0, &o, &r, &err);
-  if (rc != 0) return ctl_call_error(rc, &err, "failed to grant lease");
+  if (rc != 0)
+    return ctl_call_error(rc, &err, "failed to grant lease");
   if (ctl->format == CTL_OUT_JSON) {
     struct jw j;
     jw_begin(&j, stdout);
@@ -58,9 +68,11 @@ int cmd_lease_grant(struct ctl *ctl, int argc, char **argv) {
 int cmd_lease_revoke(struct ctl *ctl, int argc, char **argv) {
   int64_t id;
   int rc = lease_args(ctl, argc, argv, NULL, "lease revoke command needs 1 argument", &id);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   cairn_sync *s = ctl_client(ctl);
-  if (s == NULL) return CTL_EXIT_BAD_CONNECTION;
+  if (s == NULL)
+    return CTL_EXIT_BAD_CONNECTION;
   Etcdserverpb__LeaseRevokeRequest req = ETCDSERVERPB__LEASE_REVOKE_REQUEST__INIT;
   req.id = id;
   struct cairn_call_opts o = ctl_opts(ctl);
@@ -68,7 +80,8 @@ int cmd_lease_revoke(struct ctl *ctl, int argc, char **argv) {
   ProtobufCMessage *m = NULL;
   rc = cairn_sync_unary(s, "/etcdserverpb.Lease/LeaseRevoke", &req.base,
                         &etcdserverpb__lease_revoke_response__descriptor, false, &o, &m, &err);
-  if (rc != 0) return ctl_call_error(rc, &err, "failed to revoke lease");
+  if (rc != 0)
+    return ctl_call_error(rc, &err, "failed to revoke lease");
   const Etcdserverpb__LeaseRevokeResponse *r = (const Etcdserverpb__LeaseRevokeResponse *)m;
   if (ctl->format == CTL_OUT_JSON) {
     struct jw j;
@@ -90,10 +103,13 @@ int cmd_lease_timetolive(struct ctl *ctl, int argc, char **argv) {
       {NULL, 0, 0, NULL, NULL},
   };
   int64_t id;
-  int rc = lease_args(ctl, argc, argv, flags, "lease timetolive command needs lease ID as argument", &id);
-  if (rc != 0) return rc;
+  int rc = lease_args(ctl, argc, argv, flags, "lease timetolive command needs lease ID as argument",
+                      &id);
+  if (rc != 0)
+    return rc;
   cairn_sync *s = ctl_client(ctl);
-  if (s == NULL) return CTL_EXIT_BAD_CONNECTION;
+  if (s == NULL)
+    return CTL_EXIT_BAD_CONNECTION;
   Etcdserverpb__LeaseTimeToLiveRequest req = ETCDSERVERPB__LEASE_TIME_TO_LIVE_REQUEST__INIT;
   req.id = id;
   req.keys = keys;
@@ -102,7 +118,8 @@ int cmd_lease_timetolive(struct ctl *ctl, int argc, char **argv) {
   ProtobufCMessage *m = NULL;
   rc = cairn_sync_unary(s, "/etcdserverpb.Lease/LeaseTimeToLive", &req.base,
                         &etcdserverpb__lease_time_to_live_response__descriptor, true, &o, &m, &err);
-  if (rc != 0) return ctl_call_error(rc, &err, NULL);
+  if (rc != 0)
+    return ctl_call_error(rc, &err, NULL);
   const Etcdserverpb__LeaseTimeToLiveResponse *r = (const Etcdserverpb__LeaseTimeToLiveResponse *)m;
   if (ctl->format == CTL_OUT_JSON) {
     /* clientv3.LeaseTimeToLiveResponse: the header inline, then fields
@@ -119,7 +136,8 @@ int cmd_lease_timetolive(struct ctl *ctl, int argc, char **argv) {
     } else {
       putchar('[');
       for (size_t i = 0; i < r->n_keys; i++) {
-        if (i > 0) putchar(',');
+        if (i > 0)
+          putchar(',');
         jw_b64_value(stdout, r->keys[i].data, r->keys[i].len);
       }
       putchar(']');
@@ -135,7 +153,8 @@ int cmd_lease_timetolive(struct ctl *ctl, int argc, char **argv) {
       /* Go's %v of a []string: [a b c]. */
       fputs(", attached keys([", stdout);
       for (size_t i = 0; i < r->n_keys; i++) {
-        if (i > 0) putchar(' ');
+        if (i > 0)
+          putchar(' ');
         fwrite(r->keys[i].data, 1, r->keys[i].len, stdout);
       }
       fputs("])", stdout);
@@ -148,16 +167,19 @@ int cmd_lease_timetolive(struct ctl *ctl, int argc, char **argv) {
 
 int cmd_lease_list(struct ctl *ctl, int argc, char **argv) {
   int n, rc = ctl_args(ctl, argc, argv, NULL, CTL_FORMATS_SJ, &n);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   cairn_sync *s = ctl_client(ctl);
-  if (s == NULL) return CTL_EXIT_BAD_CONNECTION;
+  if (s == NULL)
+    return CTL_EXIT_BAD_CONNECTION;
   Etcdserverpb__LeaseLeasesRequest req = ETCDSERVERPB__LEASE_LEASES_REQUEST__INIT;
   struct cairn_call_opts o = ctl_opts(ctl);
   struct cairn_error err;
   ProtobufCMessage *m = NULL;
   rc = cairn_sync_unary(s, "/etcdserverpb.Lease/LeaseLeases", &req.base,
                         &etcdserverpb__lease_leases_response__descriptor, true, &o, &m, &err);
-  if (rc != 0) return ctl_call_error(rc, &err, "failed to list leases");
+  if (rc != 0)
+    return ctl_call_error(rc, &err, "failed to list leases");
   const Etcdserverpb__LeaseLeasesResponse *r = (const Etcdserverpb__LeaseLeasesResponse *)m;
   if (ctl->format == CTL_OUT_JSON) {
     struct jw j;
@@ -172,7 +194,8 @@ int cmd_lease_list(struct ctl *ctl, int argc, char **argv) {
     putchar('\n');
   } else {
     printf("found %zu leases\n", r->n_leases);
-    for (size_t i = 0; i < r->n_leases; i++) printf("%016" PRIx64 "\n", (uint64_t)r->leases[i]->id);
+    for (size_t i = 0; i < r->n_leases; i++)
+      printf("%016" PRIx64 "\n", (uint64_t)r->leases[i]->id);
   }
   cairn_response_free(m);
   return 0;
@@ -214,7 +237,8 @@ static void ka_renewed(void *data, int64_t id, int64_t ttl_s) {
   pthread_cond_signal(&st->cv);
   pthread_mutex_unlock(&st->mu);
   /* --once prints its one answer; later ones (before the stop) are not. */
-  if (!st->once || first) ka_print(st, ttl_s);
+  if (!st->once || first)
+    ka_print(st, ttl_s);
   if (st->once && first) {
     cairn_keepalive_stop(st->ka);
     st->ka = NULL;
@@ -232,7 +256,8 @@ static void ka_end(void *data, int64_t id, int code, const char *message) {
   pthread_cond_signal(&st->cv);
   pthread_mutex_unlock(&st->mu);
   /* Wake the main thread's sigwait (keep-alive without --once). */
-  if (!st->once) kill(getpid(), SIGUSR1);
+  if (!st->once)
+    kill(getpid(), SIGUSR1);
 }
 
 static int ka_start(cairn_client *c, void *data) {
@@ -244,7 +269,8 @@ static int ka_start(cairn_client *c, void *data) {
 static int ka_stop(cairn_client *c, void *data) {
   struct ka_state *st = data;
   (void)c;
-  if (st->ka != NULL) cairn_keepalive_stop(st->ka);
+  if (st->ka != NULL)
+    cairn_keepalive_stop(st->ka);
   st->ka = NULL;
   return 0;
 }
@@ -256,14 +282,18 @@ int cmd_lease_keepalive(struct ctl *ctl, int argc, char **argv) {
       {NULL, 0, 0, NULL, NULL},
   };
   int64_t id;
-  int rc = lease_args(ctl, argc, argv, flags, "lease keep-alive command needs lease ID as argument", &id);
-  if (rc != 0) return rc;
+  int rc = lease_args(ctl, argc, argv, flags, "lease keep-alive command needs lease ID as argument",
+                      &id);
+  if (rc != 0)
+    return rc;
 
   sigset_t set;
   sigemptyset(&set);
-  if (!once) ctl_signals_block(&set);
+  if (!once)
+    ctl_signals_block(&set);
   cairn_sync *s = ctl_client(ctl);
-  if (s == NULL) return CTL_EXIT_BAD_CONNECTION;
+  if (s == NULL)
+    return CTL_EXIT_BAD_CONNECTION;
 
   struct ka_state st = {.ctl = ctl, .id = id, .once = once};
   pthread_mutex_init(&st.mu, NULL);

@@ -46,7 +46,8 @@ int ctl_error(int code, const char *fmt, ...) {
 
 int ctl_call_error(int rc, const struct cairn_error *err, const char *prefix) {
   const char *text = rc < 0 ? cairn_strerror(rc) : err->message;
-  if (prefix != NULL) return ctl_error(CTL_EXIT_ERROR, "%s (%s)", prefix, text);
+  if (prefix != NULL)
+    return ctl_error(CTL_EXIT_ERROR, "%s (%s)", prefix, text);
   return ctl_error(CTL_EXIT_ERROR, "%s", text);
 }
 
@@ -77,7 +78,8 @@ static int ctl_urls(const struct ctl *ctl, const struct ctl_strings *in, struct 
     } else if (asprintf(&url, "https://%s", ep) < 0) {
       url = NULL;
     }
-    if (url == NULL) return ctl_error(CTL_EXIT_ERROR, "out of memory");
+    if (url == NULL)
+      return ctl_error(CTL_EXIT_ERROR, "out of memory");
     out->v[out->n++] = url;
   }
   return 0;
@@ -95,21 +97,26 @@ static int ctl_sync_new(const struct ctl *ctl, const struct ctl_strings *urls, c
       .request_timeout_ms = ctl->command_timeout_ms,
   };
   int rc = cairn_sync_new(&cfg, out);
-  if (rc != 0) return ctl_error(CTL_EXIT_BAD_CONNECTION, "%s", cairn_strerror(rc));
+  if (rc != 0)
+    return ctl_error(CTL_EXIT_BAD_CONNECTION, "%s", cairn_strerror(rc));
   return 0;
 }
 
 cairn_sync *ctl_client(struct ctl *ctl) {
-  if (ctl->sync != NULL) return ctl->sync;
-  if (ctl_urls(ctl, &ctl->endpoints, &ctl->urls) != 0) return NULL;
-  if (ctl_sync_new(ctl, &ctl->urls, &ctl->sync) != 0) return NULL;
+  if (ctl->sync != NULL)
+    return ctl->sync;
+  if (ctl_urls(ctl, &ctl->endpoints, &ctl->urls) != 0)
+    return NULL;
+  if (ctl_sync_new(ctl, &ctl->urls, &ctl->sync) != 0)
+    return NULL;
   return ctl->sync;
 }
 
 int ctl_client_for(struct ctl *ctl, const struct ctl_strings *endpoints, cairn_sync **out) {
   struct ctl_strings urls = {0};
   int rc = ctl_urls(ctl, endpoints, &urls);
-  if (rc == 0) rc = ctl_sync_new(ctl, &urls, out);
+  if (rc == 0)
+    rc = ctl_sync_new(ctl, &urls, out);
   ctl_strings_clear(&urls);
   return rc;
 }
@@ -123,11 +130,12 @@ struct cairn_call_opts ctl_opts(const struct ctl *ctl) {
   return o;
 }
 
-int ctl_args(struct ctl *ctl, int argc, char **argv, const struct ctl_flag *flags,
-             unsigned formats, int *n_pos) {
+int ctl_args(struct ctl *ctl, int argc, char **argv, const struct ctl_flag *flags, unsigned formats,
+             int *n_pos) {
   static const char *const names[] = {"simple", "json", "table"};
   int rc = ctl_parse_flags(argc, argv, flags, ctl->globals, n_pos);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   for (unsigned i = 0; i < 3; i++) {
     if (strcmp(ctl->write_out, names[i]) == 0) {
       if ((formats & (1u << i)) == 0)
@@ -142,30 +150,35 @@ int ctl_args(struct ctl *ctl, int argc, char **argv, const struct ctl_flag *flag
 }
 
 static void usage(FILE *f) {
-  fprintf(f, "cairnctl: a command line client for Cairn and etcd (etcd's v3 API)\n\n"
-             "USAGE:\n\tcairnctl [global options] <command> [options] [arguments...]\n\n"
-             "COMMANDS:\n");
-  for (size_t i = 0; i < N_COMMANDS; i++) fprintf(f, "\t%s\n", commands[i].usage);
-  fprintf(f, "\nGLOBAL OPTIONS (environment variable in brackets):\n"
-             "  --endpoints=127.0.0.1:2379   gRPC endpoints, comma separated [CAIRNCTL_ENDPOINTS]\n"
-             "  --cacert, --cert, --key       TLS files [CAIRNCTL_CACERT, _CERT, _KEY]\n"
-             "  --insecure-skip-tls-verify    accept any server certificate "
-             "[CAIRNCTL_INSECURE_SKIP_TLS_VERIFY]\n"
-             "  --dial-timeout=2s             [CAIRNCTL_DIAL_TIMEOUT]\n"
-             "  --command-timeout=5s          [CAIRNCTL_COMMAND_TIMEOUT]\n"
-             "  -w, --write-out=simple        simple, json or table [CAIRNCTL_WRITE_OUT]\n"
-             "  --hex                         print keys and values as hex [CAIRNCTL_HEX]\n"
-             "See docs/cairnctl.md.\n");
+  fprintf(f,
+          "cairnctl: a command line client for Cairn and etcd (etcd's v3 API)\n\n"
+          "USAGE:\n\tcairnctl [global options] <command> [options] [arguments...]\n\n"
+          "COMMANDS:\n");
+  for (size_t i = 0; i < N_COMMANDS; i++)
+    fprintf(f, "\t%s\n", commands[i].usage);
+  fprintf(f,
+          "\nGLOBAL OPTIONS (environment variable in brackets):\n"
+          "  --endpoints=127.0.0.1:2379   gRPC endpoints, comma separated [CAIRNCTL_ENDPOINTS]\n"
+          "  --cacert, --cert, --key       TLS files [CAIRNCTL_CACERT, _CERT, _KEY]\n"
+          "  --insecure-skip-tls-verify    accept any server certificate "
+          "[CAIRNCTL_INSECURE_SKIP_TLS_VERIFY]\n"
+          "  --dial-timeout=2s             [CAIRNCTL_DIAL_TIMEOUT]\n"
+          "  --command-timeout=5s          [CAIRNCTL_COMMAND_TIMEOUT]\n"
+          "  -w, --write-out=simple        simple, json or table [CAIRNCTL_WRITE_OUT]\n"
+          "  --hex                         print keys and values as hex [CAIRNCTL_HEX]\n"
+          "See docs/cairnctl.md.\n");
 }
 
-static const struct ctl_command *find_command(const char *name, const char *sub,
-                                              bool *needs_sub) {
+static const struct ctl_command *find_command(const char *name, const char *sub, bool *needs_sub) {
   *needs_sub = false;
   for (size_t i = 0; i < N_COMMANDS; i++) {
-    if (strcmp(commands[i].name, name) != 0) continue;
-    if (commands[i].sub == NULL) return &commands[i];
+    if (strcmp(commands[i].name, name) != 0)
+      continue;
+    if (commands[i].sub == NULL)
+      return &commands[i];
     *needs_sub = true;
-    if (sub != NULL && strcmp(commands[i].sub, sub) == 0) return &commands[i];
+    if (sub != NULL && strcmp(commands[i].sub, sub) == 0)
+      return &commands[i];
   }
   return NULL;
 }
@@ -195,14 +208,15 @@ int main(int argc, char **argv) {
   ctl.globals = globals;
 
   int rc = ctl_apply_env(globals);
-  if (rc != 0) return rc;
-  if (ctl.endpoints.n == 0 && (rc = ctl_strings_add_list(&ctl.endpoints, "127.0.0.1:2379")) != 0)
-    return rc;
-
+  if (rc == 0 && ctl.endpoints.n == 0)
+    rc = ctl_strings_add_list(&ctl.endpoints, "127.0.0.1:2379");
   /* The command's words are the first one or two arguments that are not
    * flags nor a global flag's value; the rest goes to the command. */
-  char **rest = calloc((size_t)argc + 1, sizeof *rest);
-  if (rest == NULL) return ctl_error(CTL_EXIT_ERROR, "out of memory");
+  char **rest = rc == 0 ? calloc((size_t)argc + 1, sizeof *rest) : NULL;
+  if (rest == NULL) {
+    ctl_strings_clear(&ctl.endpoints);
+    return rc != 0 ? rc : ctl_error(CTL_EXIT_ERROR, "out of memory");
+  }
   int n_rest = 0;
   const char *name = NULL, *sub = NULL;
   bool needs_sub = false, dashdash = false;
@@ -235,16 +249,15 @@ int main(int argc, char **argv) {
         break;
       }
     }
-    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) help = true;
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
+      help = true;
   }
 
+  const struct ctl_command *cmd = NULL;
   if (name == NULL || help || strcmp(name, "help") == 0) {
     usage(stdout);
-    free(rest);
-    return name == NULL && !help ? CTL_EXIT_BAD_ARGS : 0;
-  }
-  const struct ctl_command *cmd = find_command(name, sub, &needs_sub);
-  if (cmd == NULL) {
+    rc = name == NULL && !help ? CTL_EXIT_BAD_ARGS : 0;
+  } else if ((cmd = find_command(name, sub, &needs_sub)) == NULL) {
     if (needs_sub && sub == NULL)
       rc = ctl_error(CTL_EXIT_BAD_ARGS, "%s needs a subcommand; see 'cairnctl --help'", name);
     else if (needs_sub)
@@ -257,7 +270,8 @@ int main(int argc, char **argv) {
     rc = cmd->run(&ctl, n_rest, rest);
   }
   fflush(stdout);
-  if (ctl.sync != NULL) cairn_sync_close(ctl.sync);
+  if (ctl.sync != NULL)
+    cairn_sync_close(ctl.sync);
   ctl_strings_clear(&ctl.endpoints);
   ctl_strings_clear(&ctl.urls);
   free(rest);

@@ -12,17 +12,21 @@ int cmd_compaction(struct ctl *ctl, int argc, char **argv) {
       {NULL, 0, 0, NULL, NULL},
   };
   int n, rc = ctl_args(ctl, argc, argv, flags, CTL_FORMATS_SJ, &n);
-  if (rc != 0) return rc;
-  if (n != 1) return ctl_error(CTL_EXIT_BAD_ARGS, "compaction command needs 1 argument");
+  if (rc != 0)
+    return rc;
+  if (n != 1)
+    return ctl_error(CTL_EXIT_BAD_ARGS, "compaction command needs 1 argument");
   int64_t rev;
   if (ctl_parse_i64(argv[0], 10, &rev) != 0)
     return ctl_error(CTL_EXIT_ERROR, "strconv.ParseInt: parsing \"%s\": invalid syntax", argv[0]);
   cairn_sync *s = ctl_client(ctl);
-  if (s == NULL) return CTL_EXIT_BAD_CONNECTION;
+  if (s == NULL)
+    return CTL_EXIT_BAD_CONNECTION;
   struct cairn_call_opts o = ctl_opts(ctl);
   struct cairn_error err;
   rc = cairn_sync_compact(s, rev, physical, &o, &err);
-  if (rc != 0) return ctl_call_error(rc, &err, NULL);
+  if (rc != 0)
+    return ctl_call_error(rc, &err, NULL);
   /* etcdctl prints this whatever the output format. */
   printf("compacted revision %" PRId64 "\n", rev);
   return 0;
@@ -55,7 +59,8 @@ int cmd_defrag(struct ctl *ctl, int argc, char **argv) {
       {NULL, 0, 0, NULL, NULL},
   };
   int n, rc = ctl_args(ctl, argc, argv, flags, CTL_FORMATS_SJ, &n);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   return endpoint_each(ctl, cluster, defrag_one, NULL);
 }
 
@@ -72,8 +77,10 @@ static int leader_one(struct ctl *ctl, cairn_sync *s, const char *name,
   struct cairn_error err;
   Etcdserverpb__StatusResponse *r = NULL;
   (void)ctl;
-  if (lf->name != NULL) return 0;
-  if (cairn_sync_status(s, o, &r, &err) != 0) return 0; /* etcdctl skips it too */
+  if (lf->name != NULL)
+    return 0;
+  if (cairn_sync_status(s, o, &r, &err) != 0)
+    return 0; /* etcdctl skips it too */
   if (r->header != NULL && r->header->member_id == r->leader) {
     lf->id = r->leader;
     lf->name = strdup(name);
@@ -87,25 +94,30 @@ static int move_one(struct ctl *ctl, cairn_sync *s, const char *name,
                     const struct cairn_call_opts *o, void *data) {
   const struct leader_find *lf = data;
   (void)ctl;
-  if (strcmp(name, lf->name) != 0) return 0;
+  if (strcmp(name, lf->name) != 0)
+    return 0;
   Etcdserverpb__MoveLeaderRequest req = ETCDSERVERPB__MOVE_LEADER_REQUEST__INIT;
   req.targetid = lf->id;
   struct cairn_error err;
   ProtobufCMessage *m = NULL;
   int rc = cairn_sync_unary(s, "/etcdserverpb.Maintenance/MoveLeader", &req.base,
                             &etcdserverpb__move_leader_response__descriptor, false, o, &m, &err);
-  if (rc != 0) return ctl_call_error(rc, &err, NULL);
+  if (rc != 0)
+    return ctl_call_error(rc, &err, NULL);
   cairn_response_free(m);
   return 0;
 }
 
 int cmd_move_leader(struct ctl *ctl, int argc, char **argv) {
   int n, rc = ctl_args(ctl, argc, argv, NULL, CTL_FORMATS_SJ, &n);
-  if (rc != 0) return rc;
-  if (n != 1) return ctl_error(CTL_EXIT_BAD_ARGS, "move-leader command needs 1 argument");
+  if (rc != 0)
+    return rc;
+  if (n != 1)
+    return ctl_error(CTL_EXIT_BAD_ARGS, "move-leader command needs 1 argument");
   uint64_t target;
   if (ctl_parse_u64(argv[0], 16, &target) != 0)
-    return ctl_error(CTL_EXIT_BAD_ARGS, "strconv.ParseUint: parsing \"%s\": invalid syntax", argv[0]);
+    return ctl_error(CTL_EXIT_BAD_ARGS, "strconv.ParseUint: parsing \"%s\": invalid syntax",
+                     argv[0]);
   struct leader_find lf = {0};
   endpoint_each(ctl, false, leader_one, &lf);
   if (lf.name == NULL) {
@@ -120,14 +132,16 @@ int cmd_move_leader(struct ctl *ctl, int argc, char **argv) {
   lf.id = target;
   rc = endpoint_each(ctl, false, move_one, &lf);
   free(lf.name);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   printf("Leadership transferred from %" PRIx64 " to %" PRIx64 "\n", leader, target);
   return 0;
 }
 
 int cmd_version(struct ctl *ctl, int argc, char **argv) {
   int n, rc = ctl_args(ctl, argc, argv, NULL, CTL_FORMATS_SJ, &n);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   printf("cairnctl version: %s\nAPI version: 3.4\n", cairn_version());
   return 0;
 }

@@ -16,18 +16,21 @@ int member_parse_id(const char *arg, uint64_t *id) {
 
 static int member_list_call(struct ctl *ctl, Etcdserverpb__MemberListResponse **r) {
   cairn_sync *s = ctl_client(ctl);
-  if (s == NULL) return CTL_EXIT_BAD_CONNECTION;
+  if (s == NULL)
+    return CTL_EXIT_BAD_CONNECTION;
   struct cairn_call_opts o = ctl_opts(ctl);
   struct cairn_error err;
   int rc = cairn_sync_member_list(s, &o, r, &err);
-  if (rc != 0) return ctl_call_error(rc, &err, NULL);
+  if (rc != 0)
+    return ctl_call_error(rc, &err, NULL);
   return 0;
 }
 
 int member_cluster_endpoints(struct ctl *ctl, struct ctl_strings *out) {
   Etcdserverpb__MemberListResponse *r = NULL;
   int rc = member_list_call(ctl, &r);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   for (size_t i = 0; i < r->n_members && rc == 0; i++)
     for (size_t k = 0; k < r->members[i]->n_clienturls && rc == 0; k++)
       rc = ctl_strings_add_list(out, r->members[i]->clienturls[k]);
@@ -41,7 +44,8 @@ static void join(char *buf, size_t size, char **v, size_t n, const char *sep) {
   buf[0] = '\0';
   for (size_t i = 0; i < n && used < size; i++) {
     int w = snprintf(buf + used, size - used, "%s%s", i > 0 ? sep : "", v[i]);
-    if (w < 0) break;
+    if (w < 0)
+      break;
     used += (size_t)w;
   }
 }
@@ -50,9 +54,11 @@ static void join(char *buf, size_t size, char **v, size_t n, const char *sep) {
 
 int cmd_member_list(struct ctl *ctl, int argc, char **argv) {
   int n, rc = ctl_args(ctl, argc, argv, NULL, CTL_FORMATS_ALL, &n);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   Etcdserverpb__MemberListResponse *r = NULL;
-  if ((rc = member_list_call(ctl, &r)) != 0) return rc;
+  if ((rc = member_list_call(ctl, &r)) != 0)
+    return rc;
   if (ctl->format == CTL_OUT_JSON) {
     struct jw j;
     jw_begin(&j, stdout);
@@ -89,8 +95,8 @@ int cmd_member_list(struct ctl *ctl, int argc, char **argv) {
       printf("%s, %s, %s, %s, %s, %s\n", row[0], row[1], row[2], row[3], row[4], row[5]);
   }
   if (ctl->format == CTL_OUT_TABLE) {
-    static const char *const headers[COLS] = {"ID", "STATUS", "NAME", "PEER ADDRS", "CLIENT ADDRS",
-                                              "IS LEARNER"};
+    static const char *const headers[COLS] = {"ID",         "STATUS",       "NAME",
+                                              "PEER ADDRS", "CLIENT ADDRS", "IS LEARNER"};
     out_table(stdout, headers, COLS, cells, r->n_members);
   }
   free(text);
@@ -124,13 +130,16 @@ int cmd_member_add(struct ctl *ctl, int argc, char **argv) {
       {NULL, 0, 0, NULL, NULL},
   };
   int n, rc = ctl_args(ctl, argc, argv, flags, CTL_FORMATS_SJ, &n);
-  if (rc != 0) return rc;
-  if (n != 1) return ctl_error(CTL_EXIT_BAD_ARGS, "member name not provided");
+  if (rc != 0)
+    return rc;
+  if (n != 1)
+    return ctl_error(CTL_EXIT_BAD_ARGS, "member name not provided");
   if (peer_urls == NULL || *peer_urls == '\0')
     return ctl_error(CTL_EXIT_BAD_ARGS, "member peer urls not provided");
   const char *name = argv[0];
   struct ctl_strings urls = {0};
-  if ((rc = ctl_strings_add_list(&urls, peer_urls)) != 0) return rc;
+  if ((rc = ctl_strings_add_list(&urls, peer_urls)) != 0)
+    return rc;
   cairn_sync *s = ctl_client(ctl);
   if (s == NULL) {
     ctl_strings_clear(&urls);
@@ -146,7 +155,8 @@ int cmd_member_add(struct ctl *ctl, int argc, char **argv) {
   rc = cairn_sync_unary(s, "/etcdserverpb.Cluster/MemberAdd", &req.base,
                         &etcdserverpb__member_add_response__descriptor, false, &o, &msg, &err);
   ctl_strings_clear(&urls);
-  if (rc != 0) return ctl_call_error(rc, &err, NULL);
+  if (rc != 0)
+    return ctl_call_error(rc, &err, NULL);
   const Etcdserverpb__MemberAddResponse *r = (const Etcdserverpb__MemberAddResponse *)msg;
   uint64_t cid = r->header != NULL ? r->header->cluster_id : 0;
   if (ctl->format == CTL_OUT_JSON) {
@@ -184,15 +194,19 @@ static int member_change(struct ctl *ctl, int argc, char **argv, const char *wha
   };
   bool update = strcmp(what, "update") == 0;
   int n, rc = ctl_args(ctl, argc, argv, update ? flags : NULL, CTL_FORMATS_SJ, &n);
-  if (rc != 0) return rc;
-  if (n != 1) return ctl_error(CTL_EXIT_BAD_ARGS, "member ID is not provided");
+  if (rc != 0)
+    return rc;
+  if (n != 1)
+    return ctl_error(CTL_EXIT_BAD_ARGS, "member ID is not provided");
   uint64_t id;
-  if ((rc = member_parse_id(argv[0], &id)) != 0) return rc;
+  if ((rc = member_parse_id(argv[0], &id)) != 0)
+    return rc;
   struct ctl_strings urls = {0};
   if (update) {
     if (peer_urls == NULL || *peer_urls == '\0')
       return ctl_error(CTL_EXIT_BAD_ARGS, "member peer urls not provided");
-    if ((rc = ctl_strings_add_list(&urls, peer_urls)) != 0) return rc;
+    if ((rc = ctl_strings_add_list(&urls, peer_urls)) != 0)
+      return rc;
   }
   cairn_sync *s = ctl_client(ctl);
   if (s == NULL) {
@@ -220,12 +234,14 @@ static int member_change(struct ctl *ctl, int argc, char **argv, const char *wha
   } else {
     Etcdserverpb__MemberPromoteRequest req = ETCDSERVERPB__MEMBER_PROMOTE_REQUEST__INIT;
     req.id = id;
-    rc = cairn_sync_unary(s, "/etcdserverpb.Cluster/MemberPromote", &req.base,
-                          &etcdserverpb__member_promote_response__descriptor, false, &o, &msg, &err);
+    rc =
+        cairn_sync_unary(s, "/etcdserverpb.Cluster/MemberPromote", &req.base,
+                         &etcdserverpb__member_promote_response__descriptor, false, &o, &msg, &err);
     verb = "promoted in";
   }
   ctl_strings_clear(&urls);
-  if (rc != 0) return ctl_call_error(rc, &err, NULL);
+  if (rc != 0)
+    return ctl_call_error(rc, &err, NULL);
   const Etcdserverpb__ResponseHeader *h;
   Etcdserverpb__Member **members;
   size_t n_members;

@@ -9,7 +9,8 @@
 
 static void out_bytes(const struct ctl *ctl, const ProtobufCBinaryData *b) {
   if (ctl->hex) {
-    for (size_t i = 0; i < b->len; i++) printf("\\x%02x", b->data[i]);
+    for (size_t i = 0; i < b->len; i++)
+      printf("\\x%02x", b->data[i]);
   } else if (b->len > 0) {
     fwrite(b->data, 1, b->len, stdout);
   }
@@ -17,22 +18,26 @@ static void out_bytes(const struct ctl *ctl, const ProtobufCBinaryData *b) {
 }
 
 void out_kv(const struct ctl *ctl, const Mvccpb__KeyValue *kv, bool value_only) {
-  if (!value_only) out_bytes(ctl, &kv->key);
+  if (!value_only)
+    out_bytes(ctl, &kv->key);
   out_bytes(ctl, &kv->value);
 }
 
 void out_range(const struct ctl *ctl, const Etcdserverpb__RangeResponse *r, bool value_only) {
-  for (size_t i = 0; i < r->n_kvs; i++) out_kv(ctl, r->kvs[i], value_only);
+  for (size_t i = 0; i < r->n_kvs; i++)
+    out_kv(ctl, r->kvs[i], value_only);
 }
 
 void out_put(const struct ctl *ctl, const Etcdserverpb__PutResponse *r) {
   printf("OK\n");
-  if (r->prev_kv != NULL) out_kv(ctl, r->prev_kv, false);
+  if (r->prev_kv != NULL)
+    out_kv(ctl, r->prev_kv, false);
 }
 
 void out_delete(const struct ctl *ctl, const Etcdserverpb__DeleteRangeResponse *r) {
   printf("%" PRId64 "\n", r->deleted);
-  for (size_t i = 0; i < r->n_prev_kvs; i++) out_kv(ctl, r->prev_kvs[i], false);
+  for (size_t i = 0; i < r->n_prev_kvs; i++)
+    out_kv(ctl, r->prev_kvs[i], false);
 }
 
 /* ---- JSON --------------------------------------------------------------- */
@@ -42,18 +47,32 @@ void jw_string_value(FILE *f, const char *s, size_t len) {
   for (size_t i = 0; i < len; i++) {
     unsigned char c = (unsigned char)s[i];
     switch (c) {
-    case '"': fputs("\\\"", f); break;
-    case '\\': fputs("\\\\", f); break;
-    case '\n': fputs("\\n", f); break;
-    case '\r': fputs("\\r", f); break;
-    case '\t': fputs("\\t", f); break;
-    /* Go's encoder escapes these for HTML safety. */
-    case '<': case '>': case '&': fprintf(f, "\\u%04x", c); break;
-    default:
-      if (c < 0x20)
+      case '"':
+        fputs("\\\"", f);
+        break;
+      case '\\':
+        fputs("\\\\", f);
+        break;
+      case '\n':
+        fputs("\\n", f);
+        break;
+      case '\r':
+        fputs("\\r", f);
+        break;
+      case '\t':
+        fputs("\\t", f);
+        break;
+      /* Go's encoder escapes these for HTML safety. */
+      case '<':
+      case '>':
+      case '&':
         fprintf(f, "\\u%04x", c);
-      else
-        fputc(c, f);
+        break;
+      default:
+        if (c < 0x20)
+          fprintf(f, "\\u%04x", c);
+        else
+          fputc(c, f);
     }
   }
   fputc('"', f);
@@ -64,8 +83,10 @@ void jw_b64_value(FILE *f, const uint8_t *p, size_t len) {
   fputc('"', f);
   for (size_t i = 0; i < len; i += 3) {
     uint32_t v = (uint32_t)p[i] << 16;
-    if (i + 1 < len) v |= (uint32_t)p[i + 1] << 8;
-    if (i + 2 < len) v |= p[i + 2];
+    if (i + 1 < len)
+      v |= (uint32_t)p[i + 1] << 8;
+    if (i + 2 < len)
+      v |= p[i + 2];
     fputc(tab[(v >> 18) & 63], f);
     fputc(tab[(v >> 12) & 63], f);
     fputc(i + 1 < len ? tab[(v >> 6) & 63] : '=', f);
@@ -86,7 +107,8 @@ void jw_end(struct jw *j) {
 }
 
 void jw_key(struct jw *j, const char *name) {
-  if (!j->first) fputc(',', j->f);
+  if (!j->first)
+    fputc(',', j->f);
   j->first = false;
   fprintf(j->f, "\"%s\":", name);
 }
@@ -103,37 +125,43 @@ void jw_close(struct jw *j) {
 }
 
 void jw_i64(struct jw *j, const char *name, int64_t v, bool always) {
-  if (v == 0 && !always) return;
+  if (v == 0 && !always)
+    return;
   jw_key(j, name);
   fprintf(j->f, "%" PRId64, v);
 }
 
 void jw_u64(struct jw *j, const char *name, uint64_t v, bool always) {
-  if (v == 0 && !always) return;
+  if (v == 0 && !always)
+    return;
   jw_key(j, name);
   fprintf(j->f, "%" PRIu64, v);
 }
 
 void jw_bool(struct jw *j, const char *name, bool v, bool always) {
-  if (!v && !always) return;
+  if (!v && !always)
+    return;
   jw_key(j, name);
   fputs(v ? "true" : "false", j->f);
 }
 
 void jw_str(struct jw *j, const char *name, const char *s, bool always) {
-  if ((s == NULL || *s == '\0') && !always) return;
+  if ((s == NULL || *s == '\0') && !always)
+    return;
   jw_key(j, name);
   jw_string_value(j->f, s != NULL ? s : "", s != NULL ? strlen(s) : 0);
 }
 
 void jw_bytes(struct jw *j, const char *name, const ProtobufCBinaryData *b, bool always) {
-  if (b->len == 0 && !always) return;
+  if (b->len == 0 && !always)
+    return;
   jw_key(j, name);
   jw_b64_value(j->f, b->data, b->len);
 }
 
 void json_header_fields(struct jw *j, const Etcdserverpb__ResponseHeader *h) {
-  if (h == NULL) return;
+  if (h == NULL)
+    return;
   jw_u64(j, "cluster_id", h->cluster_id, false);
   jw_u64(j, "member_id", h->member_id, false);
   jw_i64(j, "revision", h->revision, false);
@@ -141,7 +169,8 @@ void json_header_fields(struct jw *j, const Etcdserverpb__ResponseHeader *h) {
 }
 
 void json_header(struct jw *j, const Etcdserverpb__ResponseHeader *h) {
-  if (h == NULL) return;
+  if (h == NULL)
+    return;
   jw_open(j, "header");
   json_header_fields(j, h);
   jw_close(j);
@@ -160,11 +189,13 @@ void json_kv(FILE *f, const Mvccpb__KeyValue *kv) {
 }
 
 static void json_kvs(struct jw *j, const char *name, Mvccpb__KeyValue **kvs, size_t n) {
-  if (n == 0) return;
+  if (n == 0)
+    return;
   jw_key(j, name);
   fputc('[', j->f);
   for (size_t i = 0; i < n; i++) {
-    if (i > 0) fputc(',', j->f);
+    if (i > 0)
+      fputc(',', j->f);
     json_kv(j->f, kvs[i]);
   }
   fputc(']', j->f);
@@ -210,32 +241,33 @@ void json_txn(FILE *f, const Etcdserverpb__TxnResponse *r) {
     fputc('[', f);
     for (size_t i = 0; i < r->n_responses; i++) {
       const Etcdserverpb__ResponseOp *op = r->responses[i];
-      if (i > 0) fputc(',', f);
+      if (i > 0)
+        fputc(',', f);
       /* gogo's oneof: {"Response":{"ResponsePut":{...}}}. */
       fputs("{\"Response\":", f);
       switch (op->response_case) {
-      case ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_RANGE:
-        fputs("{\"ResponseRange\":", f);
-        json_range(f, op->response_range);
-        fputc('}', f);
-        break;
-      case ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_PUT:
-        fputs("{\"ResponsePut\":", f);
-        json_put(f, op->response_put);
-        fputc('}', f);
-        break;
-      case ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_DELETE_RANGE:
-        fputs("{\"ResponseDeleteRange\":", f);
-        json_delete(f, op->response_delete_range);
-        fputc('}', f);
-        break;
-      case ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_TXN:
-        fputs("{\"ResponseTxn\":", f);
-        json_txn(f, op->response_txn);
-        fputc('}', f);
-        break;
-      default:
-        fputs("null", f);
+        case ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_RANGE:
+          fputs("{\"ResponseRange\":", f);
+          json_range(f, op->response_range);
+          fputc('}', f);
+          break;
+        case ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_PUT:
+          fputs("{\"ResponsePut\":", f);
+          json_put(f, op->response_put);
+          fputc('}', f);
+          break;
+        case ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_DELETE_RANGE:
+          fputs("{\"ResponseDeleteRange\":", f);
+          json_delete(f, op->response_delete_range);
+          fputc('}', f);
+          break;
+        case ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_TXN:
+          fputs("{\"ResponseTxn\":", f);
+          json_txn(f, op->response_txn);
+          fputc('}', f);
+          break;
+        default:
+          fputs("null", f);
       }
       fputc('}', f);
     }
@@ -245,11 +277,13 @@ void json_txn(FILE *f, const Etcdserverpb__TxnResponse *r) {
 }
 
 static void json_strings(struct jw *j, const char *name, char **v, size_t n) {
-  if (n == 0) return;
+  if (n == 0)
+    return;
   jw_key(j, name);
   fputc('[', j->f);
   for (size_t i = 0; i < n; i++) {
-    if (i > 0) fputc(',', j->f);
+    if (i > 0)
+      fputc(',', j->f);
     jw_string_value(j->f, v[i], strlen(v[i]));
   }
   fputc(']', j->f);
@@ -267,11 +301,13 @@ void json_member(FILE *f, const Etcdserverpb__Member *m) {
 }
 
 void json_members(struct jw *j, Etcdserverpb__Member **m, size_t n) {
-  if (n == 0) return;
+  if (n == 0)
+    return;
   jw_key(j, "members");
   fputc('[', j->f);
   for (size_t i = 0; i < n; i++) {
-    if (i > 0) fputc(',', j->f);
+    if (i > 0)
+      fputc(',', j->f);
     json_member(j->f, m[i]);
   }
   fputc(']', j->f);
@@ -284,7 +320,8 @@ void json_members(struct jw *j, Etcdserverpb__Member **m, size_t n) {
 static void table_rule(FILE *f, const size_t *w, size_t n) {
   for (size_t c = 0; c < n; c++) {
     fputc('+', f);
-    for (size_t k = 0; k < w[c] + 2; k++) fputc('-', f);
+    for (size_t k = 0; k < w[c] + 2; k++)
+      fputc('-', f);
   }
   fputs("+\n", f);
 }
@@ -292,12 +329,14 @@ static void table_rule(FILE *f, const size_t *w, size_t n) {
 void out_table(FILE *f, const char *const *headers, size_t n_cols, const char *const *cells,
                size_t n_rows) {
   size_t w[TABLE_COLS_MAX] = {0};
-  if (n_cols > TABLE_COLS_MAX) n_cols = TABLE_COLS_MAX;
+  if (n_cols > TABLE_COLS_MAX)
+    n_cols = TABLE_COLS_MAX;
   for (size_t c = 0; c < n_cols; c++) {
     w[c] = strlen(headers[c]);
     for (size_t r = 0; r < n_rows; r++) {
       size_t len = strlen(cells[r * n_cols + c]);
-      if (len > w[c]) w[c] = len;
+      if (len > w[c])
+        w[c] = len;
     }
   }
   table_rule(f, w, n_cols);
@@ -309,7 +348,8 @@ void out_table(FILE *f, const char *const *headers, size_t n_cols, const char *c
   fputs("|\n", f);
   table_rule(f, w, n_cols);
   for (size_t r = 0; r < n_rows; r++) {
-    for (size_t c = 0; c < n_cols; c++) fprintf(f, "| %*s ", (int)w[c], cells[r * n_cols + c]);
+    for (size_t c = 0; c < n_cols; c++)
+      fprintf(f, "| %*s ", (int)w[c], cells[r * n_cols + c]);
     fputs("|\n", f);
   }
   table_rule(f, w, n_cols);
@@ -340,8 +380,10 @@ static int frac(char *buf, size_t size, uint64_t v, int prec) {
   char digits[16];
   snprintf(digits, sizeof digits, "%0*" PRIu64, prec, v);
   int len = prec;
-  while (len > 0 && digits[len - 1] == '0') len--;
-  if (len == 0) return snprintf(buf, size, "%s", "");
+  while (len > 0 && digits[len - 1] == '0')
+    len--;
+  if (len == 0)
+    return snprintf(buf, size, "%s", "");
   return snprintf(buf, size, ".%.*s", len, digits);
 }
 

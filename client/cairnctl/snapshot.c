@@ -5,8 +5,10 @@
 
 int cmd_snapshot_save(struct ctl *ctl, int argc, char **argv) {
   int n, rc = ctl_args(ctl, argc, argv, NULL, CTL_FORMATS_SJ, &n);
-  if (rc != 0) return rc;
-  if (n != 1) return ctl_error(CTL_EXIT_BAD_ARGS, "snapshot save expects one argument");
+  if (rc != 0)
+    return rc;
+  if (n != 1)
+    return ctl_error(CTL_EXIT_BAD_ARGS, "snapshot save expects one argument");
   /* A snapshot is one member's store: etcdctl insists on one endpoint. */
   if (ctl->endpoints.n != 1) {
     fflush(stdout);
@@ -17,13 +19,15 @@ int cmd_snapshot_save(struct ctl *ctl, int argc, char **argv) {
     return CTL_EXIT_BAD_ARGS;
   }
   cairn_sync *s = ctl_client(ctl);
-  if (s == NULL) return CTL_EXIT_BAD_CONNECTION;
+  if (s == NULL)
+    return CTL_EXIT_BAD_CONNECTION;
   /* No deadline: a large store takes what it takes (etcdctl's too). */
   struct cairn_call_opts o = {.timeout_ms = 0, .endpoint = ctl_endpoint_url(ctl, 0)};
   struct cairn_error err;
   uint64_t bytes = 0;
   rc = cairn_sync_snapshot_save(s, argv[0], &o, &bytes, &err);
-  if (rc != 0) return ctl_call_error(rc, &err, NULL);
+  if (rc != 0)
+    return ctl_call_error(rc, &err, NULL);
   printf("Snapshot saved at %s\n", argv[0]);
   return 0;
 }

@@ -26,9 +26,11 @@ struct watch_state {
 
 static void watch_json(const struct cairn_watch_update *u) {
   printf("{\"Header\":{");
-  if (u->revision != 0) printf("\"revision\":%" PRId64, u->revision);
+  if (u->revision != 0)
+    printf("\"revision\":%" PRId64, u->revision);
   printf("},\"Events\":");
-  if (u->n_events == 0) fputs("null", stdout);
+  if (u->n_events == 0)
+    fputs("null", stdout);
   for (size_t i = 0; i < u->n_events; i++) {
     const Mvccpb__Event *ev = u->events[i];
     struct jw j;
@@ -45,7 +47,8 @@ static void watch_json(const struct cairn_watch_update *u) {
     }
     jw_end(&j);
   }
-  if (u->n_events > 0) putchar(']');
+  if (u->n_events > 0)
+    putchar(']');
   printf(",\"CompactRevision\":0,\"Canceled\":false,\"Created\":false}\n");
 }
 
@@ -57,8 +60,10 @@ static void watch_update(void *data, const struct cairn_watch_update *u) {
     for (size_t i = 0; i < u->n_events; i++) {
       const Mvccpb__Event *ev = u->events[i];
       printf("%s\n", ev->type == MVCCPB__EVENT__EVENT_TYPE__DELETE ? "DELETE" : "PUT");
-      if (st->prev_kv && ev->prev_kv != NULL) out_kv(st->ctl, ev->prev_kv, false);
-      if (ev->kv != NULL) out_kv(st->ctl, ev->kv, false);
+      if (st->prev_kv && ev->prev_kv != NULL)
+        out_kv(st->ctl, ev->prev_kv, false);
+      if (ev->kv != NULL)
+        out_kv(st->ctl, ev->kv, false);
     }
   }
   /* Whoever reads a pipe sees each update as it comes. */
@@ -86,7 +91,8 @@ static int watch_begin(cairn_client *c, void *data) {
 static int watch_cancel(cairn_client *c, void *data) {
   struct watch_state *st = data;
   (void)c;
-  if (st->w != NULL) cairn_watch_stop(st->w);
+  if (st->w != NULL)
+    cairn_watch_stop(st->w);
   st->w = NULL;
   return 0;
 }
@@ -102,17 +108,21 @@ int cmd_watch(struct ctl *ctl, int argc, char **argv) {
       {NULL, 0, 0, NULL, NULL},
   };
   int n, rc = ctl_args(ctl, argc, argv, flags, CTL_FORMATS_SJ, &n);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   if (n < 1 || n > 2)
-    return ctl_error(CTL_EXIT_BAD_ARGS, "watch in non-interactive mode requires one or two arguments "
-                                        "as key or prefix, with range end");
+    return ctl_error(CTL_EXIT_BAD_ARGS,
+                     "watch in non-interactive mode requires one or two arguments "
+                     "as key or prefix, with range end");
   if (prefix && n > 1)
-    return ctl_error(CTL_EXIT_BAD_ARGS, "too many arguments, only accept one argument when `--prefix` is set.");
+    return ctl_error(CTL_EXIT_BAD_ARGS,
+                     "too many arguments, only accept one argument when `--prefix` is set.");
 
   static const uint8_t zero[1] = {0};
   size_t key_len = strlen(argv[0]);
   uint8_t *end = malloc(key_len + 1);
-  if (end == NULL) return ctl_error(CTL_EXIT_ERROR, "out of memory");
+  if (end == NULL)
+    return ctl_error(CTL_EXIT_ERROR, "out of memory");
   struct watch_state st = {.ctl = ctl, .prev_kv = prev_kv};
   st.opts.key = argv[0];
   st.opts.key_len = key_len;

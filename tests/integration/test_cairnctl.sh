@@ -119,6 +119,9 @@ tri() {
       tool "$i" "${args[@]}" </dev/null >"$IT_TMP/out.$i" 2>"$IT_TMP/err.$i"
     fi
     rcs+=($?)
+    if [[ $i -gt 0 ]] && grep -Eq 'runtime error: |ERROR: (Address|Leak)Sanitizer' "$IT_TMP/err.$i"; then
+      it_fail "sanitizer report from cairnctl: $(grep -Em3 'runtime error: |Sanitizer' "$IT_TMP/err.$i")"
+    fi
     # etcdctl's client logs JSON lines on stderr; the last line is the error.
     grep -v '^{"level"' "$IT_TMP/err.$i" | tail -n 1 >"$IT_TMP/errl.$i"
     norm "$i" "$IT_TMP/out.$i"
@@ -351,6 +354,9 @@ watch_finish() { # lines [sed-expr]
     rc=$?
     if [[ $i -gt 0 && $rc -ne 0 ]]; then
       it_fail "cairnctl watch exited $rc on SIGINT: $(cat "$IT_TMP/watch.$i.err")"
+    fi
+    if grep -Eq 'runtime error: |Sanitizer' "$IT_TMP/watch.$i.err"; then
+      it_fail "sanitizer report from watcher $i: $(head -5 "$IT_TMP/watch.$i.err")"
     fi
     norm "$i" "$IT_TMP/watch.$i"
     [[ -z "${2:-}" ]] || sed -i -E "$2" "$IT_TMP/watch.$i"
