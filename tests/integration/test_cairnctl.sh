@@ -583,6 +583,10 @@ tri_ok compaction 5 <<<"compacted revision 5"
 tri_err 1 "Error: etcdserver: mvcc: required revision has been compacted" compaction 4
 tri_ok compaction 6 --physical <<<"compacted revision 6"
 tri_err 1 "Error: etcdserver: mvcc: required revision has been compacted" get foo --rev=3
+tri_err 5 "Error: watch is canceled by the server" watch foo --rev=2
+assert_out_empty
+assert_eq "watch was canceled (etcdserver: mvcc: required revision has been compacted)" \
+  "$(grep -v '^{"level"' "$IT_TMP/err.2" | head -n 1)" "cairnctl's notice of the cancelled watch"
 tri_ok defrag <<<"Finished defragmenting etcd member[127.0.0.1:<CPORT>]"
 tri_ok defrag --cluster <<<"Finished defragmenting etcd member[http://127.0.0.1:<CPORT>]"
 tri_err 1 "Error: etcdserver: bad leader transferee" move-leader 1234
@@ -618,6 +622,31 @@ it_case "failover: a dead endpoint first in the list"
 it_run "$CTL_BIN" --endpoints=127.0.0.1:36397,127.0.0.1:36300 --dial-timeout=1s get x --print-value-only
 assert_rc 0
 assert_eq "1" "$(it_out)" "value through the second endpoint"
+
+it_case "watch goes on across a restart of cairn (libcairn resumes it)"
+IT_BG_OUT="$IT_TMP/resume" it_bg "$CTL_BIN" --endpoints=127.0.0.1:${CPORT[2]} watch r --prev-kv
+RESUME_PID=$IT_BG_PID
+sleep 0.5
+tri_ok put r 1 <<<"OK"
+it_wait_for 10 "[[ \$(wc -l <'$IT_TMP/resume') -ge 3 ]]" || it_fail "no event before the restart"
+it_stop_pid "${SRV_PID[2]}" 10 || it_fail "cairn needed SIGKILL"
+srv_start 2
+srv_ready 2
+tri_ok put r 2 <<<"OK"
+it_wait_for 20 "[[ \$(wc -l <'$IT_TMP/resume') -ge 8 ]]" || it_fail "no event after the restart: $(cat "$IT_TMP/resume")"
+kill -INT "$RESUME_PID"
+wait "$RESUME_PID" || it_fail "cairnctl watch exited $? on SIGINT after a reconnect"
+cp "$IT_TMP/resume" "$IT_TMP/out"
+assert_out <<'EOF'
+PUT
+r
+1
+PUT
+r
+1
+r
+2
+EOF
 
 it_case "no server: an error, exit code 1"
 it_run "$CTL_BIN" --endpoints=127.0.0.1:36397 --dial-timeout=1s --command-timeout=2s get x
