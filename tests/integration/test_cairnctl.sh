@@ -447,6 +447,7 @@ tri_ok get lk --prefix </dev/null
 tri_err 1 "Error: failed to revoke lease (etcdserver: requested lease not found)" lease revoke @L@
 tri_err 2 "Error: etcdserver: requested lease not found" lease keep-alive --once @L@
 tri_ok lease list <<<"found 0 leases"
+tri lease list -w json
 tri lease grant 100 -w json
 assert_match '"TTL":100,"Error":""}$' "$(it_out)" "lease grant JSON"
 
