@@ -156,13 +156,23 @@ int kv_build_range(int argc, char **argv, Etcdserverpb__RangeRequest *req,
 }
 
 /* Reads all of stdin (etcdctl's argOrStdin). NULL on error. */
-static char *read_stdin(size_t *len) {
+/* A value read from stdin larger than this is refused (*too_big set):
+ * servers take far less in one request (etcd: 1.5 MiB by default). */
+#define KV_STDIN_VALUE_MAX ((size_t)64 << 20)
+
+static char *read_stdin(size_t *len, bool *too_big) {
   size_t cap = 4096, n = 0;
   char *buf = malloc(cap);
+  *too_big = false;
   if (buf == NULL)
     return NULL;
   for (;;) {
     if (n == cap) {
+      if (cap >= KV_STDIN_VALUE_MAX) {
+        *too_big = true;
+        free(buf);
+        return NULL;
+      }
       char *bigger = realloc(buf, cap * 2);
       if (bigger == NULL) {
         free(buf);
@@ -210,7 +220,11 @@ static int kv_put_req(struct ctl *ctl, int argc, char **argv, Etcdserverpb__PutR
       req->value = bin(argv[1]);
     } else if (owned != NULL) {
       size_t len;
-      *owned = read_stdin(&len);
+      bool too_big;
+      *owned = read_stdin(&len, &too_big);
+      if (*owned == NULL && too_big)
+        return ctl_error(CTL_EXIT_BAD_ARGS, "the value on stdin is larger than %zu MiB",
+                         KV_STDIN_VALUE_MAX >> 20);
       if (*owned == NULL)
         return ctl_error(CTL_EXIT_BAD_ARGS, need);
       req->value.data = (uint8_t *)*owned;
