@@ -325,6 +325,10 @@ struct cairn_watch_update {
    * delivered before; none on a progress update. */
   Mvccpb__Event *const *events;
   size_t n_events;
+  /* The header of the server's response this update came from (cluster
+   * and member IDs, the store's revision then, raft term); NULL if the
+   * server sent none. */
+  const Etcdserverpb__ResponseHeader *header;
 };
 
 struct cairn_watch_handlers {

@@ -382,6 +382,7 @@ static bool watch_response(struct cairn_watch *w, Etcdserverpb__WatchResponse *r
   w->attempt = 0;
   u.revision = w->rev_complete ? w->rev : w->rev - 1;
   u.events = evs;
+  u.header = r->header;
   w->h.on_update(w->data, &u);
   free(evs);
   return w->state == WATCH_OPEN;

@@ -25,10 +25,17 @@ struct watch_state {
 };
 
 static void watch_json(const struct cairn_watch_update *u) {
-  printf("{\"Header\":{");
-  if (u->revision != 0)
-    printf("\"revision\":%" PRId64, u->revision);
-  printf("},\"Events\":");
+  /* etcdctl prints the server's header as it came. */
+  struct jw hj;
+  printf("{\"Header\":");
+  jw_begin(&hj, stdout);
+  if (u->header != NULL) {
+    json_header_fields(&hj, u->header);
+  } else if (u->revision != 0) {
+    jw_i64(&hj, "revision", u->revision, false);
+  }
+  jw_end(&hj);
+  printf(",\"Events\":");
   if (u->n_events == 0)
     fputs("null", stdout);
   for (size_t i = 0; i < u->n_events; i++) {
