@@ -4,7 +4,7 @@ ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build run test test-fast test-asan bench clean format
+.PHONY: all deps build run test test-fast test-asan bench bench-storage clean format
 
 all: build
 
@@ -30,8 +30,13 @@ test: deps
 test-fast: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
+# Cairn beside etcd (bench/compare.py, docs/performance.md): up to ~15 min.
 bench: build
 	@scripts/bench
+
+# The storage microbenchmark (MVCC layer beside raw LMDB, docs/storage-bench.md).
+bench-storage: build
+	@scripts/bench --storage
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
