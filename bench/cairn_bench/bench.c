@@ -182,7 +182,9 @@ void bench_kick(struct bench *b) {
     int rc = p->issue(s);
     if (rc < 0) {
       /* Nothing started: a failure now, and the slot is idle again. */
-      bench_error(b, "start request", cairn_grpc_code(rc), cairn_strerror(rc));
+      if (!p->errors_private) {
+        bench_error(b, "start request", cairn_grpc_code(rc), cairn_strerror(rc));
+      }
       s->busy = false;
       p->completed++;
       p->errors++;
@@ -216,7 +218,9 @@ void bench_slot_done(struct bench_slot *s, int status, const char *message) {
     if (p->measured) {
       b->errors++;
     }
-    bench_error(b, p->name, status, message);
+    if (!p->errors_private) {
+      bench_error(b, p->name, status, message);
+    }
   }
   b->idle[b->n_idle++] = (unsigned)(s - b->slots);
   bench_kick(b);

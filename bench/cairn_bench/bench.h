@@ -111,6 +111,7 @@ struct bench_slot {
 struct bench_phase {
   const char *name;   /* for the progress line */
   bool measured;      /* latencies go to the histograms */
+  bool errors_private; /* failures are not the run's first_error (clean-up) */
   uint64_t total;     /* requests to start; 0: until deadline_ns */
   uint64_t deadline_ns;
   bench_issue_fn issue;
