@@ -259,6 +259,14 @@ static int config_parse(struct bench_config *c, int argc, char **argv) {
       c->watch_streams = c->watchers; /* a stream with no watcher measures nothing */
     }
   }
+  bool any_https = false;
+  for (unsigned i = 0; i < c->n_endpoints; i++) {
+    any_https = any_https || strncmp(c->endpoints[i], "https://", 8) == 0;
+  }
+  if ((c->cacert || c->cert || c->key || c->insecure) && !any_https) {
+    fprintf(stderr, "cairn-bench: TLS flags given but no https:// endpoint\n");
+    return 2;
+  }
   if (c->cert && !c->key) {
     fprintf(stderr, "cairn-bench: --cert needs --key\n");
     return 2;
@@ -320,14 +328,11 @@ static int setup(struct bench *b) {
   hist_init(&b->lat_delivery);
   hist_init(&b->lat_keepalive);
 
-  bool tls_flags = c->cacert || c->cert || c->key || c->insecure;
-  bool any_https = false;
   for (unsigned i = 0; i < c->conns; i++) {
     const char *e = c->endpoints[i % c->n_endpoints];
     struct grpc_client_options o;
     memset(&o, 0, sizeof o);
     if (is_https(e)) {
-      any_https = true;
       o.ca_file = c->cacert;
       o.cert_file = c->cert;
       o.key_file = c->key;
@@ -339,10 +344,6 @@ static int setup(struct bench *b) {
       return rc;
     }
     b->n_conns_open++;
-  }
-  if (tls_flags && !any_https) {
-    fprintf(stderr, "cairn-bench: TLS flags given but no https:// endpoint\n");
-    return CAIRN_EINVAL;
   }
   for (unsigned i = 0; i < c->clients; i++) {
     b->slots[i].b = b;

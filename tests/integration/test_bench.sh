@@ -114,4 +114,40 @@ assert d["requests"] == 0 and d["errors"] == 20 and d["first_error"], d
 check_dead
 
 it_server_stop
+
+it_case "https with a client certificate: --cacert/--cert/--key, --insecure-skip-tls-verify"
+pki=$IT_TMP/pki
+mkdir -p "$pki"
+(
+  cd "$pki" &&
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+      -subj "/CN=bench-ca" -keyout ca.key -out ca.crt &&
+    for who in server client; do
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$who" \
+        -keyout $who.key -out $who.csr || exit 1
+    done &&
+    printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext &&
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext &&
+    for who in server client; do
+      openssl x509 -req -in $who.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+        -extfile $who.ext -out $who.crt || exit 1
+    done
+) >"$IT_TMP/openssl.log" 2>&1 || it_fail "openssl failed: $(tail -5 "$IT_TMP/openssl.log")"
+it_server_new --cert-file="$pki/server.crt" --key-file="$pki/server.key" \
+  --trusted-ca-file="$pki/ca.crt" --client-cert-auth
+IT_URL="https://$IT_ENDPOINT"
+it_server_start
+TLS=(--cert "$pki/client.crt" --key "$pki/client.key")
+it_wait_for 30 '"$BENCH" --endpoints "$IT_URL" --quiet --total 1 --timeout-ms 1000 \
+  --cacert "$pki/ca.crt" "${TLS[@]}" put >/dev/null 2>&1' || it_fail "the TLS server was not ready"
+it_run "$BENCH" --endpoints "$IT_URL" --quiet --json - --total 200 --cacert "$pki/ca.crt" "${TLS[@]}" put
+assert_rc 0
+check_json 'd["requests"] == 200 and d["params"]["cacert"].endswith("ca.crt")'
+it_run "$BENCH" --endpoints "$IT_URL" --quiet --json - --total 200 --insecure-skip-tls-verify \
+  "${TLS[@]}" --conns 2 range --key-space 100
+assert_rc 0
+check_json 'd["params"]["insecure_skip_tls_verify"] is True'
+it_run "$BENCH" --endpoints "$IT_ENDPOINT" --quiet --total 10 --cacert "$pki/ca.crt" put
+assert_rc 2 # TLS flags without an https:// endpoint
+it_server_stop
 it_done
