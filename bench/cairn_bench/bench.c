@@ -117,8 +117,8 @@ static struct bench_arena *arena_get(struct bench *b) {
   return b->arena;
 }
 
-ProtobufCMessage *bench_unpack(struct bench *b, const ProtobufCMessageDescriptor *d, const uint8_t *msg,
-                               size_t len) {
+ProtobufCMessage *bench_unpack(struct bench *b, const ProtobufCMessageDescriptor *d,
+                               const uint8_t *msg, size_t len) {
   struct bench_arena *a = arena_get(b);
   if (!a) {
     return NULL;

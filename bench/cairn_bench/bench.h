@@ -60,7 +60,7 @@ enum bench_workload {
 struct bench_config {
   enum bench_workload workload;
   const char *workload_name;
-  char *endpoints_arg; /* as given (owned) */
+  char *endpoints_arg;                  /* as given (owned) */
   char *endpoints[BENCH_ENDPOINTS_MAX]; /* pointers into endpoints_arg */
   unsigned n_endpoints;
   unsigned conns;
@@ -100,19 +100,19 @@ typedef bool (*bench_gate_fn)(struct bench *b);
 struct bench_slot {
   struct bench *b;
   grpc_client *conn;
-  uint64_t seq;     /* the request's number in its phase */
-  uint64_t t0_ns;   /* when it was started */
-  uint64_t key;     /* key index of the request, if any */
-  int op;           /* workload-defined */
+  uint64_t seq;      /* the request's number in its phase */
+  uint64_t t0_ns;    /* when it was started */
+  uint64_t key;      /* key index of the request, if any */
+  int op;            /* workload-defined */
   struct hist *also; /* a second histogram the latency goes to (mixed), or NULL */
   bool busy;
 };
 
 struct bench_phase {
-  const char *name;   /* for the progress line */
-  bool measured;      /* latencies go to the histograms */
+  const char *name;    /* for the progress line */
+  bool measured;       /* latencies go to the histograms */
   bool errors_private; /* failures are not the run's first_error (clean-up) */
-  uint64_t total;     /* requests to start; 0: until deadline_ns */
+  uint64_t total;      /* requests to start; 0: until deadline_ns */
   uint64_t deadline_ns;
   bench_issue_fn issue;
   bench_gate_fn gate;
@@ -144,12 +144,12 @@ struct bench {
   uint64_t progress_last_ns, progress_last_done;
 
   /* What the report prints. */
-  struct hist lat;       /* the measured requests */
-  struct hist lat_read;  /* mixed */
-  struct hist lat_write; /* mixed */
-  struct hist lat_delivery; /* watch */
+  struct hist lat;           /* the measured requests */
+  struct hist lat_read;      /* mixed */
+  struct hist lat_write;     /* mixed */
+  struct hist lat_delivery;  /* watch */
   struct hist lat_keepalive; /* lease */
-  uint64_t errors;      /* measured failures (all phases' failures go to first_error) */
+  uint64_t errors;           /* measured failures (all phases' failures go to first_error) */
   char first_error[BENCH_ERROR_TEXT_MAX];
   bool have_error;
   double elapsed_s;
@@ -169,7 +169,7 @@ struct bench {
   size_t key_len;
   uint8_t *range_end; /* the prefix's range end (watch, cleanup) */
   size_t range_end_len;
-  uint8_t *value;   /* val_size bytes */
+  uint8_t *value; /* val_size bytes */
   uint64_t rng;
 
   void *workload_state; /* owned by the workload module */
@@ -195,8 +195,8 @@ void bench_error(struct bench *b, const char *what, int status, const char *mess
 int bench_pack(struct bench *b, const ProtobufCMessage *msg, const uint8_t **out, size_t *len);
 /* Unpacks into the arena; release with bench_unpacked_free(). NULL on a
  * malformed message. */
-ProtobufCMessage *bench_unpack(struct bench *b, const ProtobufCMessageDescriptor *d, const uint8_t *msg,
-                               size_t len);
+ProtobufCMessage *bench_unpack(struct bench *b, const ProtobufCMessageDescriptor *d,
+                               const uint8_t *msg, size_t len);
 void bench_unpacked_free(struct bench *b, ProtobufCMessage *m);
 
 /* Runs one phase to its end on the loop. Returns 0, or CAIRN_EIO if every

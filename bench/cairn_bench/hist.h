@@ -20,7 +20,8 @@
 #define HIST_MAGNITUDE_MAX 42u                 /* the last octave is [2^41, 2^42) */
 #define HIST_VALUE_MAX_NS ((uint64_t)1 << HIST_MAGNITUDE_MAX)
 /* 128 exact buckets, then 64 per octave from 2^7 to 2^42. */
-#define HIST_BUCKETS (HIST_SUB_BUCKETS + (HIST_MAGNITUDE_MAX - HIST_SUB_BITS) * (HIST_SUB_BUCKETS / 2u))
+#define HIST_BUCKETS \
+  (HIST_SUB_BUCKETS + (HIST_MAGNITUDE_MAX - HIST_SUB_BITS) * (HIST_SUB_BUCKETS / 2u))
 
 struct hist {
   uint64_t count;

@@ -45,59 +45,59 @@ static void on_response(void *data, int status, const char *message, const uint8
     return;
   }
   switch (s->op) {
-  case KV_PUT:
-    if (state(b) && state(b)->rev) {
-      Etcdserverpb__PutResponse *r = (Etcdserverpb__PutResponse *)bench_unpack(
-          b, &etcdserverpb__put_response__descriptor, resp, len);
+    case KV_PUT:
+      if (state(b) && state(b)->rev) {
+        Etcdserverpb__PutResponse *r = (Etcdserverpb__PutResponse *)bench_unpack(
+            b, &etcdserverpb__put_response__descriptor, resp, len);
+        if (!r) {
+          bench_slot_done(s, GRPC_INTERNAL, "cannot decode PutResponse");
+          return;
+        }
+        if (r->header) {
+          rev_seen(b, s->key, r->header->revision);
+        }
+        bench_unpacked_free(b, &r->base);
+      }
+      break;
+    case KV_DELETE: {
+      Etcdserverpb__DeleteRangeResponse *r = (Etcdserverpb__DeleteRangeResponse *)bench_unpack(
+          b, &etcdserverpb__delete_range_response__descriptor, resp, len);
       if (!r) {
-        bench_slot_done(s, GRPC_INTERNAL, "cannot decode PutResponse");
+        bench_slot_done(s, GRPC_INTERNAL, "cannot decode DeleteRangeResponse");
         return;
       }
-      if (r->header) {
-        rev_seen(b, s->key, r->header->revision);
+      if (b->phase && b->phase->measured && r->deleted > 0) {
+        b->deleted += (uint64_t)r->deleted;
       }
       bench_unpacked_free(b, &r->base);
+      break;
     }
-    break;
-  case KV_DELETE: {
-    Etcdserverpb__DeleteRangeResponse *r = (Etcdserverpb__DeleteRangeResponse *)bench_unpack(
-        b, &etcdserverpb__delete_range_response__descriptor, resp, len);
-    if (!r) {
-      bench_slot_done(s, GRPC_INTERNAL, "cannot decode DeleteRangeResponse");
-      return;
-    }
-    if (b->phase && b->phase->measured && r->deleted > 0) {
-      b->deleted += (uint64_t)r->deleted;
-    }
-    bench_unpacked_free(b, &r->base);
-    break;
-  }
-  case KV_TXN: {
-    Etcdserverpb__TxnResponse *r = (Etcdserverpb__TxnResponse *)bench_unpack(
-        b, &etcdserverpb__txn_response__descriptor, resp, len);
-    if (!r) {
-      bench_slot_done(s, GRPC_INTERNAL, "cannot decode TxnResponse");
-      return;
-    }
-    if (r->succeeded) {
-      b->txn_succeeded++;
-      if (r->header) {
-        rev_seen(b, s->key, r->header->revision);
+    case KV_TXN: {
+      Etcdserverpb__TxnResponse *r = (Etcdserverpb__TxnResponse *)bench_unpack(
+          b, &etcdserverpb__txn_response__descriptor, resp, len);
+      if (!r) {
+        bench_slot_done(s, GRPC_INTERNAL, "cannot decode TxnResponse");
+        return;
       }
-    } else {
-      b->txn_failed++;
-      /* The failure branch read the key: its current revision. */
-      if (r->n_responses == 1 &&
-          r->responses[0]->response_case == ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_RANGE &&
-          r->responses[0]->response_range->n_kvs == 1) {
-        rev_seen(b, s->key, r->responses[0]->response_range->kvs[0]->mod_revision);
+      if (r->succeeded) {
+        b->txn_succeeded++;
+        if (r->header) {
+          rev_seen(b, s->key, r->header->revision);
+        }
+      } else {
+        b->txn_failed++;
+        /* The failure branch read the key: its current revision. */
+        if (r->n_responses == 1 &&
+            r->responses[0]->response_case == ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_RANGE &&
+            r->responses[0]->response_range->n_kvs == 1) {
+          rev_seen(b, s->key, r->responses[0]->response_range->kvs[0]->mod_revision);
+        }
       }
+      bench_unpacked_free(b, &r->base);
+      break;
     }
-    bench_unpacked_free(b, &r->base);
-    break;
-  }
-  default:
-    break;
+    default:
+      break;
   }
   bench_slot_done(s, GRPC_OK, "");
 }
@@ -205,26 +205,26 @@ static int issue_measured(struct bench_slot *s) {
   struct bench *b = s->b;
   uint64_t key = bench_pick_key(b, s->seq);
   switch (b->cfg.workload) {
-  case BENCH_PUT:
-    return send_put(s, key);
-  case BENCH_RANGE:
-    return send_range(s, key);
-  case BENCH_DELETE:
-    return send_delete(s, key);
-  case BENCH_TXN:
-    return send_txn(s, key);
-  case BENCH_MIXED: {
-    /* 53 random bits give a uniform double in [0, 1). */
-    double u = (double)(bench_rand(b) >> 11) * (1.0 / 9007199254740992.0);
-    if (u < b->cfg.read_ratio) {
-      s->also = &b->lat_read;
+    case BENCH_PUT:
+      return send_put(s, key);
+    case BENCH_RANGE:
       return send_range(s, key);
+    case BENCH_DELETE:
+      return send_delete(s, key);
+    case BENCH_TXN:
+      return send_txn(s, key);
+    case BENCH_MIXED: {
+      /* 53 random bits give a uniform double in [0, 1). */
+      double u = (double)(bench_rand(b) >> 11) * (1.0 / 9007199254740992.0);
+      if (u < b->cfg.read_ratio) {
+        s->also = &b->lat_read;
+        return send_range(s, key);
+      }
+      s->also = &b->lat_write;
+      return send_put(s, key);
     }
-    s->also = &b->lat_write;
-    return send_put(s, key);
-  }
-  default:
-    return CAIRN_EINVAL;
+    default:
+      return CAIRN_EINVAL;
   }
 }
 
@@ -256,8 +256,8 @@ int kvload_preload(struct bench *b) {
   if (rc < 0) {
     return rc;
   }
-  struct bench_phase p = {.name = "preload", .measured = false, .total = b->cfg.key_space,
-                          .issue = issue_preload};
+  struct bench_phase p = {
+      .name = "preload", .measured = false, .total = b->cfg.key_space, .issue = issue_preload};
   rc = bench_run_phase(b, &p);
   if (rc < 0) {
     free(state(b)->rev);

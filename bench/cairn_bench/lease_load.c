@@ -31,7 +31,7 @@ struct kstream {
   unsigned first;   /* its leases: first, first + conns, ... below keepalives */
   unsigned next;    /* the lease whose keep-alive is in flight */
   uint64_t sent_ns;
-  bool measured;    /* the round trip in flight started in the grant phase */
+  bool measured; /* the round trip in flight started in the grant phase */
 };
 
 struct leaseload {
@@ -44,7 +44,8 @@ struct leaseload {
   bool all_closed;
 };
 
-static void grant_done(void *data, int status, const char *message, const uint8_t *resp, size_t len) {
+static void grant_done(void *data, int status, const char *message, const uint8_t *resp,
+                       size_t len) {
   struct bench_slot *s = data;
   struct leaseload *l = s->b->workload_state;
   if (status == GRPC_OK) {
@@ -235,7 +236,8 @@ int leaseload_run(struct bench *b) {
   b->workload_state = &l;
   int rc = 0;
   if (c->keepalives > 0) {
-    struct bench_phase setup = {.name = "lease setup", .total = c->keepalives, .issue = issue_grant};
+    struct bench_phase setup = {
+        .name = "lease setup", .total = c->keepalives, .issue = issue_grant};
     rc = bench_run_phase(b, &setup);
     if (rc == 0 && l.n_ids < c->keepalives) {
       fprintf(stderr, "cairn-bench: lease: %llu of %u keep-alive leases granted; first error: %s\n",
@@ -273,8 +275,8 @@ int leaseload_run(struct bench *b) {
   }
   if (l.n_ids > 0) {
     /* Clean-up: its failures (a lease already expired) are not the run's. */
-    struct bench_phase rv = {.name = "lease revoke", .total = l.n_ids, .issue = issue_revoke,
-                             .errors_private = true};
+    struct bench_phase rv = {
+        .name = "lease revoke", .total = l.n_ids, .issue = issue_revoke, .errors_private = true};
     if (bench_run_phase(b, &rv) < 0) {
       fprintf(stderr, "cairn-bench: lease: revoking the granted leases failed\n");
     }

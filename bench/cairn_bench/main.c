@@ -83,8 +83,9 @@ static const struct {
   const char *name;
   enum bench_workload w;
 } workloads[] = {
-    {"put", BENCH_PUT},     {"range", BENCH_RANGE}, {"txn", BENCH_TXN},     {"delete", BENCH_DELETE},
-    {"mixed", BENCH_MIXED}, {"watch", BENCH_WATCH}, {"lease", BENCH_LEASE},
+    {"put", BENCH_PUT},       {"range", BENCH_RANGE}, {"txn", BENCH_TXN},
+    {"delete", BENCH_DELETE}, {"mixed", BENCH_MIXED}, {"watch", BENCH_WATCH},
+    {"lease", BENCH_LEASE},
 };
 
 static void config_defaults(struct bench_config *c) {
@@ -246,13 +247,15 @@ static int config_parse(struct bench_config *c, int argc, char **argv) {
     digits++;
   }
   if (digits > c->key_size) {
-    fprintf(stderr, "cairn-bench: --key-size %u cannot hold --key-space %" PRIu64 " (%" PRIu64
-            " digits)\n", c->key_size, c->key_space, digits);
+    fprintf(stderr,
+            "cairn-bench: --key-size %u cannot hold --key-space %" PRIu64 " (%" PRIu64 " digits)\n",
+            c->key_size, c->key_space, digits);
     return 2;
   }
   if (c->workload == BENCH_WATCH) {
     if (c->val_size < 16) {
-      fprintf(stderr, "cairn-bench: watch needs --val-size >= 16 (the value carries the put's number)\n");
+      fprintf(stderr,
+              "cairn-bench: watch needs --val-size >= 16 (the value carries the put's number)\n");
       return 2;
     }
     if (c->watch_streams > c->watchers) {
@@ -300,7 +303,8 @@ static int setup(struct bench *b) {
   b->value = malloc(c->val_size + 1u);
   b->scratch_cap = 3u * b->key_len + c->val_size + 256u;
   b->scratch = malloc(b->scratch_cap);
-  if (!b->conns || !b->slots || !b->idle || !b->key_buf || !b->range_end || !b->value || !b->scratch) {
+  if (!b->conns || !b->slots || !b->idle || !b->key_buf || !b->range_end || !b->value ||
+      !b->scratch) {
     return CAIRN_ENOMEM;
   }
   memcpy(b->key_buf, c->prefix, plen);
@@ -412,26 +416,26 @@ int main(int argc, char **argv) {
             c->conns, c->clients, c->seed);
   }
   switch (c->workload) {
-  case BENCH_RANGE:
-  case BENCH_TXN:
-  case BENCH_DELETE:
-  case BENCH_MIXED:
-    if (c->preload) {
-      rc = kvload_preload(b);
-    }
-    if (rc == 0) {
+    case BENCH_RANGE:
+    case BENCH_TXN:
+    case BENCH_DELETE:
+    case BENCH_MIXED:
+      if (c->preload) {
+        rc = kvload_preload(b);
+      }
+      if (rc == 0) {
+        rc = kvload_run(b);
+      }
+      break;
+    case BENCH_PUT:
       rc = kvload_run(b);
-    }
-    break;
-  case BENCH_PUT:
-    rc = kvload_run(b);
-    break;
-  case BENCH_WATCH:
-    rc = watchload_run(b);
-    break;
-  case BENCH_LEASE:
-    rc = leaseload_run(b);
-    break;
+      break;
+    case BENCH_WATCH:
+      rc = watchload_run(b);
+      break;
+    case BENCH_LEASE:
+      rc = leaseload_run(b);
+      break;
   }
   int out_rc = 0;
   if (!c->json_path || strcmp(c->json_path, "-") != 0) {

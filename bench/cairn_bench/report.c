@@ -47,9 +47,11 @@ static void json_params(FILE *f, const struct bench_config *c) {
           c->val_size, c->key_space);
   json_str(f, c->prefix);
   fprintf(f,
-          ",\"seed\":%" PRIu64 ",\"sequential\":%s,\"consistency\":\"%s\",\"read_ratio\":%g,"
+          ",\"seed\":%" PRIu64
+          ",\"sequential\":%s,\"consistency\":\"%s\",\"read_ratio\":%g,"
           "\"preload\":%s,\"watchers\":%u,\"watch_streams\":%u,\"put_rate\":%g,"
-          "\"lease_ttl\":%" PRId64 ",\"keepalives\":%u,\"timeout_ms\":%" PRIu64 ",\"quiet\":%s,"
+          "\"lease_ttl\":%" PRId64 ",\"keepalives\":%u,\"timeout_ms\":%" PRIu64
+          ",\"quiet\":%s,"
           "\"insecure_skip_tls_verify\":%s,\"cacert\":",
           c->seed, c->sequential ? "true" : "false", c->serializable ? "s" : "l", c->read_ratio,
           c->preload ? "true" : "false", c->watchers, c->watch_streams, c->put_rate, c->lease_ttl,
@@ -96,36 +98,37 @@ int report_json(const struct bench *b, const char *path) {
           b->elapsed_s, rps, b->client_cpu_s);
   json_latency(f, &b->lat);
   switch (c->workload) {
-  case BENCH_TXN:
-    fprintf(f, ",\"succeeded\":%" PRIu64 ",\"failed\":%" PRIu64, b->txn_succeeded, b->txn_failed);
-    break;
-  case BENCH_DELETE:
-    fprintf(f, ",\"deleted\":%" PRIu64, b->deleted);
-    break;
-  case BENCH_MIXED:
-    fprintf(f, ",\"reads\":{\"requests\":%" PRIu64 ",\"latency_us\":", b->lat_read.count);
-    json_latency(f, &b->lat_read);
-    fprintf(f, "},\"writes\":{\"requests\":%" PRIu64 ",\"latency_us\":", b->lat_write.count);
-    json_latency(f, &b->lat_write);
-    fputc('}', f);
-    break;
-  case BENCH_WATCH:
-    fprintf(f,
-            ",\"watchers\":%u,\"streams\":%u,\"events\":%" PRIu64 ",\"events_per_s\":%.3f,"
-            "\"missing\":%" PRIu64 ",\"duplicates\":%" PRIu64 ",\"before_ack\":%" PRIu64
-            ",\"delivery_latency_us\":",
-            c->watchers, c->watch_streams, b->watch_events, b->watch_events_per_s, b->watch_missing,
-            b->watch_duplicates, b->watch_before_ack);
-    json_latency(f, &b->lat_delivery);
-    break;
-  case BENCH_LEASE:
-    fprintf(f, ",\"keepalive\":{\"requests\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"latency_us\":",
-            b->lat_keepalive.count, b->keepalive_errors);
-    json_latency(f, &b->lat_keepalive);
-    fputc('}', f);
-    break;
-  default:
-    break;
+    case BENCH_TXN:
+      fprintf(f, ",\"succeeded\":%" PRIu64 ",\"failed\":%" PRIu64, b->txn_succeeded, b->txn_failed);
+      break;
+    case BENCH_DELETE:
+      fprintf(f, ",\"deleted\":%" PRIu64, b->deleted);
+      break;
+    case BENCH_MIXED:
+      fprintf(f, ",\"reads\":{\"requests\":%" PRIu64 ",\"latency_us\":", b->lat_read.count);
+      json_latency(f, &b->lat_read);
+      fprintf(f, "},\"writes\":{\"requests\":%" PRIu64 ",\"latency_us\":", b->lat_write.count);
+      json_latency(f, &b->lat_write);
+      fputc('}', f);
+      break;
+    case BENCH_WATCH:
+      fprintf(f,
+              ",\"watchers\":%u,\"streams\":%u,\"events\":%" PRIu64
+              ",\"events_per_s\":%.3f,"
+              "\"missing\":%" PRIu64 ",\"duplicates\":%" PRIu64 ",\"before_ack\":%" PRIu64
+              ",\"delivery_latency_us\":",
+              c->watchers, c->watch_streams, b->watch_events, b->watch_events_per_s,
+              b->watch_missing, b->watch_duplicates, b->watch_before_ack);
+      json_latency(f, &b->lat_delivery);
+      break;
+    case BENCH_LEASE:
+      fprintf(f, ",\"keepalive\":{\"requests\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"latency_us\":",
+              b->lat_keepalive.count, b->keepalive_errors);
+      json_latency(f, &b->lat_keepalive);
+      fputc('}', f);
+      break;
+    default:
+      break;
   }
   fputs("}\n", f);
   int rc = 0;
@@ -162,28 +165,28 @@ void report_table(const struct bench *b) {
          "p50", "p90", "p99", "p99.9", "max");
   table_row(c->workload == BENCH_WATCH ? "put" : c->workload_name, b->lat.count, &b->lat);
   switch (c->workload) {
-  case BENCH_TXN:
-    printf("txn: %" PRIu64 " succeeded, %" PRIu64 " failed\n", b->txn_succeeded, b->txn_failed);
-    break;
-  case BENCH_DELETE:
-    printf("delete: %" PRIu64 " keys deleted\n", b->deleted);
-    break;
-  case BENCH_MIXED:
-    table_row("read", b->lat_read.count, &b->lat_read);
-    table_row("write", b->lat_write.count, &b->lat_write);
-    break;
-  case BENCH_WATCH:
-    table_row("delivery", b->lat_delivery.count, &b->lat_delivery);
-    printf("watch: %u watchers on %u streams, %" PRIu64 " events (%.1f/s), %" PRIu64
-           " missing, %" PRIu64 " duplicates, %" PRIu64 " before the put's ack\n",
-           c->watchers, c->watch_streams, b->watch_events, b->watch_events_per_s, b->watch_missing,
-           b->watch_duplicates, b->watch_before_ack);
-    break;
-  case BENCH_LEASE:
-    table_row("keepalive", b->lat_keepalive.count, &b->lat_keepalive);
-    break;
-  default:
-    break;
+    case BENCH_TXN:
+      printf("txn: %" PRIu64 " succeeded, %" PRIu64 " failed\n", b->txn_succeeded, b->txn_failed);
+      break;
+    case BENCH_DELETE:
+      printf("delete: %" PRIu64 " keys deleted\n", b->deleted);
+      break;
+    case BENCH_MIXED:
+      table_row("read", b->lat_read.count, &b->lat_read);
+      table_row("write", b->lat_write.count, &b->lat_write);
+      break;
+    case BENCH_WATCH:
+      table_row("delivery", b->lat_delivery.count, &b->lat_delivery);
+      printf("watch: %u watchers on %u streams, %" PRIu64 " events (%.1f/s), %" PRIu64
+             " missing, %" PRIu64 " duplicates, %" PRIu64 " before the put's ack\n",
+             c->watchers, c->watch_streams, b->watch_events, b->watch_events_per_s,
+             b->watch_missing, b->watch_duplicates, b->watch_before_ack);
+      break;
+    case BENCH_LEASE:
+      table_row("keepalive", b->lat_keepalive.count, &b->lat_keepalive);
+      break;
+    default:
+      break;
   }
   fflush(stdout);
 }

@@ -44,9 +44,9 @@ struct wstream {
   grpc_ccall *call; /* NULL once done */
   unsigned n_watchers;
   unsigned n_created;
-  int64_t *watch_ids;  /* n_watchers, in creation order */
-  int64_t *last_rev;   /* per watcher: the newest revision delivered */
-  unsigned hint;       /* the watcher the last response was for */
+  int64_t *watch_ids; /* n_watchers, in creation order */
+  int64_t *last_rev;  /* per watcher: the newest revision delivered */
+  unsigned hint;      /* the watcher the last response was for */
 };
 
 struct watchload {
@@ -129,7 +129,8 @@ static int issue_put(struct bench_slot *s) {
   size_t len;
   int rc = bench_pack(b, &req.base, &msg, &len);
   if (rc == 0) {
-    rc = grpc_client_unary(s->conn, PATH_PUT, NULL, 0, b->cfg.timeout_ms, msg, len, NULL, put_done, s);
+    rc = grpc_client_unary(s->conn, PATH_PUT, NULL, 0, b->cfg.timeout_ms, msg, len, NULL, put_done,
+                           s);
   }
   if (rc < 0) {
     r->state = PUT_FAILED;
@@ -341,14 +342,16 @@ int watchload_run(struct bench *b) {
     }
   }
   if (rc == 0 && !bench_wait(b, &w.all_created, bench_now_ns() + c->timeout_ms * 1000000u)) {
-    fprintf(stderr, "cairn-bench: watch: %u of %u watchers created after %llu ms; first error: %s\n",
+    fprintf(stderr,
+            "cairn-bench: watch: %u of %u watchers created after %llu ms; first error: %s\n",
             w.watchers_created, c->watchers, (unsigned long long)c->timeout_ms,
             b->have_error ? b->first_error : "none");
     rc = CAIRN_EIO;
   }
 
   if (rc == 0) {
-    struct bench_phase p = {.name = "watch", .measured = true, .issue = issue_put, .gate = put_gate};
+    struct bench_phase p = {
+        .name = "watch", .measured = true, .issue = issue_put, .gate = put_gate};
     if (c->duration_s > 0) {
       p.deadline_ns = bench_now_ns() + (uint64_t)(c->duration_s * 1e9);
     } else {
