@@ -51,12 +51,12 @@ def log(msg):
 
 
 def read_status(pid):
-    """VmHWM and VmRSS of pid in bytes (None if it is gone)."""
+    """VmHWM, VmRSS, RssAnon, RssFile of pid in bytes (None if it is gone)."""
     out = {}
     try:
         with open("/proc/%d/status" % pid) as f:
             for line in f:
-                if line.startswith(("VmHWM:", "VmRSS:")):
+                if line.startswith(("VmHWM:", "VmRSS:", "RssAnon:", "RssFile:")):
                     k, v = line.split(":", 1)
                     out[k] = int(v.split()[0]) * 1024
     except OSError:
@@ -106,13 +106,14 @@ def disk_usage(path):
 
 
 class RssSampler(threading.Thread):
-    """Samples VmRSS of some processes every 100 ms; keeps the maximum."""
+    """Samples VmRSS and RssAnon of some processes every 100 ms; keeps the maxima."""
 
     def __init__(self, pids, interval=0.1):
         super().__init__(daemon=True)
         self.pids = list(pids)
         self.interval = interval
         self.max = {p: 0 for p in self.pids}
+        self.anon = {p: 0 for p in self.pids}
         self.samples = 0
         self.stop_ev = threading.Event()
 
@@ -120,8 +121,9 @@ class RssSampler(threading.Thread):
         while not self.stop_ev.is_set():
             for p in self.pids:
                 st = read_status(p)
-                if st and st.get("VmRSS", 0) > self.max[p]:
-                    self.max[p] = st["VmRSS"]
+                if st:
+                    self.max[p] = max(self.max[p], st.get("VmRSS", 0))
+                    self.anon[p] = max(self.anon[p], st.get("RssAnon", 0))
             self.samples += 1
             self.stop_ev.wait(self.interval)
 
@@ -413,7 +415,8 @@ class Runner:
                 sampler.start()
                 args, rc, err, wall, res = self.run_bench(cl, st, d)
                 sampler.stop()
-                hwm = [(read_status(p) or {}).get("VmHWM") for p in pids]
+                status = [read_status(p) or {} for p in pids]
+                hwm = [x.get("VmHWM") for x in status]
                 cpu1 = [cpu_seconds(p) for p in pids]
                 disk = [disk_usage(m) for m in cl.member_dirs()]
                 s = {"step": st["name"], "measure": st["measure"],
@@ -422,6 +425,10 @@ class Runner:
                      "peak_rss_bytes_members": hwm,
                      "peak_rss_bytes": max([h for h in hwm if h] or [0]),
                      "sampled_rss_max_bytes_members": [sampler.max[p] for p in pids],
+                     "sampled_anon_max_bytes_members": [sampler.anon[p] for p in pids],
+                     "sampled_anon_max_bytes": max([sampler.anon[p] for p in pids] or [0]),
+                     "end_rss_anon_bytes_members": [x.get("RssAnon") for x in status],
+                     "end_rss_file_bytes_members": [x.get("RssFile") for x in status],
                      "rss_samples": sampler.samples,
                      "server_cpu_s_members": [round(b - a_, 3) if b is not None else None
                                               for a_, b in zip(cpu0, cpu1)],
@@ -464,25 +471,37 @@ class Runner:
 # ---------------------------------------------------------------- metrics
 
 
+def extra(res, name):
+    """A workload's extra field: top level in cairn-bench's JSON (also
+    accepted under a "watch" or "lease" object)."""
+    if name in res:
+        return res[name]
+    for k in ("watch", "lease"):
+        if isinstance(res.get(k), dict) and name in res[k]:
+            return res[k][name]
+    return None
+
+
 def primary_rate(res):
     if res is None:
         return None
-    if res.get("workload") == "watch" and res.get("watch"):
-        return res["watch"].get("events_per_s")
+    if res.get("workload") == "watch":
+        return extra(res, "events_per_s")
     return res.get("throughput_rps")
 
 
 def primary_p99(res):
     if res is None:
         return None
-    if res.get("workload") == "watch" and res.get("watch"):
-        return (res["watch"].get("delivery_latency_us") or {}).get("p99")
+    if res.get("workload") == "watch":
+        return (extra(res, "delivery_latency_us") or {}).get("p99")
     return (res.get("latency_us") or {}).get("p99")
 
 
 def step_ok(s):
     r = s.get("bench")
-    return s["rc"] == 0 and r is not None and not r.get("errors") and s["servers_alive"]
+    return (s["rc"] == 0 and r is not None and not r.get("errors") and not extra(r, "missing")
+            and s["servers_alive"])
 
 
 # Goals of issue 6: (workload, members, metric) -> (op, factor)
@@ -518,19 +537,23 @@ def compare(runs):
         for side, s in (("etcd", es), ("cairn", cs)):
             if not step_ok(s):
                 b = s.get("bench") or {}
-                notes.append("%s: rc=%s errors=%s%s" % (side, s["rc"], b.get("errors"),
-                                                        "" if s["servers_alive"] else " server died"))
+                notes.append("%s: rc=%s errors=%s%s%s" % (
+                    side, s["rc"], b.get("errors"),
+                    " missing=%s" % extra(b, "missing") if extra(b, "missing") else "",
+                    "" if s["servers_alive"] else " server died"))
         watch = (eb or cb or {}).get("workload") == "watch"
         metrics = [
             ("events/s" if watch else "throughput", "throughput", primary_rate(eb), primary_rate(cb), "/s"),
             ("delivery p99" if watch else "p99", "p99", primary_p99(eb), primary_p99(cb), "us"),
         ]
         if eb and cb and eb.get("workload") == "lease":
-            ek = ((eb.get("lease") or {}).get("keepalive") or {}).get("latency_us") or {}
-            ck = ((cb.get("lease") or {}).get("keepalive") or {}).get("latency_us") or {}
+            ek = (extra(eb, "keepalive") or {}).get("latency_us") or {}
+            ck = (extra(cb, "keepalive") or {}).get("latency_us") or {}
             metrics.append(("keepalive p99", "ka_p99", ek.get("p99"), ck.get("p99"), "us"))
         metrics += [
             ("peak RSS", "rss", es["peak_rss_bytes"] / MiB, cs["peak_rss_bytes"] / MiB, "MiB"),
+            ("peak anon RSS", "anon", es["sampled_anon_max_bytes"] / MiB, cs["sampled_anon_max_bytes"] / MiB,
+             "MiB"),
             ("disk", "disk", es["disk_bytes"] / MiB, cs["disk_bytes"] / MiB, "MiB"),
             ("server CPU", "cpu", es["server_cpu_s"], cs["server_cpu_s"], "s"),
         ]
@@ -577,6 +600,40 @@ def print_table(rows, out=sys.stdout):
     notes = sorted({"%s (%dm): %s" % (r["workload"], r["members"], r["notes"]) for r in rows if r["notes"]})
     for n in notes:
         out.write("note: %s\n" % n)
+
+
+def markdown(rows, goals, srows, doc):
+    """The tables of docs/performance.md, in Markdown."""
+    out = ["Run of %s, Cairn %s, %s, %d CPUs, %.0f s in all.\n" % (
+        doc["started_utc"], doc["cairn_commit"], doc["etcd_version"], doc["host"]["cpus"], doc["elapsed_s"]),
+        "| workload | metric | etcd | Cairn | Cairn/etcd | goal | pass |",
+        "|---|---|---:|---:|---:|---|---|"]
+    for r in rows:
+        wname = r["workload"] if r["step"] == r["workload"] else "%s/%s" % (r["workload"], r["step"])
+        out.append("| %s (%dm) | %s [%s] | %s | %s | %s | %s | %s |" % (
+            wname, r["members"], r["metric"], r["unit"], fmt(r["etcd"], r["unit"]), fmt(r["cairn"], r["unit"]),
+            "-" if r["ratio"] is None else "%.2f" % r["ratio"], r["goal"] or "",
+            "" if r["goal"] is None else "n/a" if r["pass"] is None else "**PASS**" if r["pass"] else "FAIL"))
+    notes = sorted({"%s (%dm): %s" % (r["workload"], r["members"], r["notes"]) for r in rows if r["notes"]})
+    for n in notes:
+        out.append("\nNote: %s" % n)
+    if goals:
+        out += ["", "| goal | Cairn/etcd | pass |", "|---|---:|---|"]
+        for g in goals:
+            out.append("| %s | %s | %s |" % (g["goal"], "-" if g["ratio"] is None else "%.2fx" % g["ratio"],
+                                             "n/a" if g["pass"] is None else "PASS" if g["pass"] else "FAIL"))
+    if srows:
+        out += ["", "| experiment | step | etcd p99 (us) | Cairn p99 (us) | etcd peak RSS (MiB) | "
+                "Cairn peak RSS (MiB) | etcd /s | Cairn /s | etcd disk (MiB) | Cairn disk (MiB) |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in srows:
+            def f(v, k=1.0):
+                return "-" if v is None else "%.0f" % (v / k)
+            out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                r["workload"], r["step"], f(r["p99_etcd"]), f(r["p99_cairn"]), f(r["rss_etcd"], MiB),
+                f(r["rss_cairn"], MiB), f(r["rate_etcd"]), f(r["rate_cairn"]), f(r["disk_etcd"], MiB),
+                f(r["disk_cairn"], MiB)))
+    return "\n".join(out) + "\n"
 
 
 def goal_summary(rows):
@@ -776,6 +833,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"),
                     help="where the JSON and PNG go (default bench/results)")
     ap.add_argument("--no-chart", action="store_true")
+    ap.add_argument("--markdown", help="also write the tables in Markdown to this file")
     ap.add_argument("--keep", action="store_true", help="keep the data directories and logs")
     a = ap.parse_args()
     a.cairn = a.cairn or os.path.join(a.build, "cairn")
@@ -876,6 +934,9 @@ def main():
             if chart_ratios(rows, png, tmp, title):
                 pngs.append(png)
 
+    if a.markdown:
+        with open(a.markdown, "w") as f:
+            f.write(markdown(rows, doc["goals"], srows, doc))
     sys.stdout.write("\nCairn/etcd, %s, %s, %s\n\n" % (mode_name, doc["started_utc"], doc["etcd_version"]))
     print_table(rows)
     if srows:
