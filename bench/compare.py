@@ -389,6 +389,7 @@ class Runner:
         try:
             with open(jpath) as f:
                 res = json.load(f)
+            res.pop("params", None)  # bench_args has the command line
         except (OSError, ValueError) as e:
             err += "\n(no JSON: %s)" % e
         return args, rc, err.strip()[-2000:], wall, res
@@ -699,7 +700,7 @@ set xtics rotate by -30
 set key top right
 set yrange [0:*]
 set title "Throughput (events/s for watch), Cairn/etcd: higher is better"
-plot "ratios.dat" using 2:xtic(1) title "Cairn/etcd" lc rgb "#3070b0", 1 with lines dt 2 lc rgb "black" title "1x", 2 with lines dt 3 lc rgb "#208020" title "goal 2x (1m put, range, watch)"
+plot "ratios.dat" using 2:xtic(1) title "Cairn/etcd" lc rgb "#3070b0", 1 with lines dt 2 lc rgb "black" title "1x", 2 with lines dt 3 lc rgb "#208020" title "goals: 2x (1m put, range, watch), 1.5x (3m put)"
 set title "p99 latency (delivery for watch), Cairn/etcd: lower is better"
 plot "ratios.dat" using 3:xtic(1) title "Cairn/etcd" lc rgb "#c06020", 1 with lines dt 2 lc rgb "black" title "1x", 0.5 with lines dt 3 lc rgb "#208020" title "goal 0.5x"
 set title "Peak RSS per member (MiB): lower is better; goal Cairn <= etcd/3"
@@ -810,6 +811,50 @@ def tool_version(argv):
         return None
 
 
+def dump_doc(doc):
+    """The results as JSON, one line per top-level key and per list item: small
+    enough to commit, still readable and diffable."""
+    out = []
+    for k, v in doc.items():
+        if isinstance(v, list) and v:
+            out.append("%s: [\n  %s\n ]" % (json.dumps(k), ",\n  ".join(json.dumps(x) for x in v)))
+        else:
+            out.append("%s: %s" % (json.dumps(k), json.dumps(v)))
+    return "{\n " + ",\n ".join(out) + "\n}\n"
+
+
+def emit(doc, a, tmp):
+    """Charts, Markdown and the printed tables of a results document."""
+    rows, srows = doc["comparisons"], doc.get("scale")
+    pngs = []
+    if not a.no_chart:
+        title = "Cairn/etcd %s, %s (%s, %s CPUs)" % (doc["cairn_commit"] or "", doc["started_utc"],
+                                                    doc["etcd_version"] or "etcd", doc["host"]["cpus"])
+        prefix = "smoke-" if doc["mode"] == "smoke" else ""
+        if doc["mode"] == "scale":
+            png = os.path.join(a.out, "scale.png")
+            if chart_scale(srows, png, tmp, title):
+                pngs.append(png)
+        else:
+            png = os.path.join(a.out, "%slatest.png" % prefix)
+            if chart_ratios(rows, png, tmp, title):
+                pngs.append(png)
+    if a.markdown:
+        with open(a.markdown, "w") as f:
+            f.write(markdown(rows, doc["goals"], srows, doc))
+    sys.stdout.write("\nCairn/etcd, %s, %s, %s\n\n" % (doc["mode"], doc["started_utc"], doc["etcd_version"]))
+    if rows:
+        print_table(rows)
+    if srows:
+        sys.stdout.write("\n")
+        print_scale(srows)
+    sys.stdout.write("\nGoals:\n")
+    for g in doc["goals"]:
+        sys.stdout.write("  %-4s %-52s %s\n" % ("n/a" if g["pass"] is None else "PASS" if g["pass"] else "FAIL",
+                                               g["goal"], "-" if g["ratio"] is None else "%.2fx" % g["ratio"]))
+    return pngs
+
+
 def main():
     ap = argparse.ArgumentParser(description="Cairn beside etcd: same workloads, ratios Cairn/etcd "
                                              "(docs/performance.md).")
@@ -835,7 +880,19 @@ def main():
     ap.add_argument("--no-chart", action="store_true")
     ap.add_argument("--markdown", help="also write the tables in Markdown to this file")
     ap.add_argument("--keep", action="store_true", help="keep the data directories and logs")
+    ap.add_argument("--report", metavar="JSON",
+                    help="run nothing: print the tables of a results file again (and its chart into --out "
+                         "unless --no-chart, its Markdown with --markdown)")
     a = ap.parse_args()
+    if a.report:
+        with open(a.report) as f:
+            doc = json.load(f)
+        tmp = tempfile.mkdtemp(prefix="cairn-compare.")
+        try:
+            emit(doc, a, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return 0
     a.cairn = a.cairn or os.path.join(a.build, "cairn")
     a.bench = a.bench or os.path.join(a.build, "cairn-bench")
     if a.duration is None:
@@ -911,41 +968,16 @@ def main():
         "scale": srows,
         "runs": runs,
     }
-    if rc == 0 and not rows:
+    if rc == 0 and not rows and not srows:
         rc = 1
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     prefix = "scale-" if a.scale else "smoke-" if a.smoke else ""
     jpath = os.path.join(a.out, "%s%s.json" % (prefix, stamp))
     with open(jpath, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=False)
-        f.write("\n")
+        f.write(dump_doc(doc))
     latest = os.path.join(a.out, "%slatest.json" % prefix)
     shutil.copyfile(jpath, latest)
-    pngs = []
-    if not a.no_chart:
-        title = "Cairn/etcd %s, %s (%s, %d CPUs)" % (doc["cairn_commit"] or "", doc["started_utc"],
-                                                    doc["etcd_version"] or "etcd", os.cpu_count())
-        if a.scale:
-            png = os.path.join(a.out, "scale.png")
-            if chart_scale(srows, png, tmp, title):
-                pngs.append(png)
-        else:
-            png = os.path.join(a.out, "%slatest.png" % prefix)
-            if chart_ratios(rows, png, tmp, title):
-                pngs.append(png)
-
-    if a.markdown:
-        with open(a.markdown, "w") as f:
-            f.write(markdown(rows, doc["goals"], srows, doc))
-    sys.stdout.write("\nCairn/etcd, %s, %s, %s\n\n" % (mode_name, doc["started_utc"], doc["etcd_version"]))
-    print_table(rows)
-    if srows:
-        sys.stdout.write("\n")
-        print_scale(srows)
-    sys.stdout.write("\nGoals:\n")
-    for g in doc["goals"]:
-        sys.stdout.write("  %-4s %-52s %s\n" % ("n/a" if g["pass"] is None else "PASS" if g["pass"] else "FAIL",
-                                               g["goal"], "-" if g["ratio"] is None else "%.2fx" % g["ratio"]))
+    pngs = emit(doc, a, tmp)
     sys.stdout.write("\nresults: %s, %s%s\n" % (jpath, latest, "".join(", " + p for p in pngs)))
     if a.keep:
         sys.stdout.write("data and logs kept in %s\n" % tmp)
