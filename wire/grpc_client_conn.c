@@ -446,6 +446,9 @@ static int gc_h2_start(gc_conn *c) {
   /* We acknowledge DATA as calls deliver it: that is what bounds the memory
    * of a paused call to its stream window. */
   nghttp2_option_set_no_auto_window_update(opt, 1);
+  /* No closed streams kept for priorities (they would pile up: the
+   * server's stream limit is unlimited; see wire/grpc_h2.c). */
+  nghttp2_option_set_no_closed_streams(opt, 1);
   int rv = nghttp2_session_client_new2(&c->h2, cbs, c, opt);
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cbs);

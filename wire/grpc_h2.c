@@ -168,7 +168,18 @@ int grpc_h2_start(grpc_conn *c) {
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk_recv);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
   nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
-  int rv = nghttp2_session_server_new(&c->h2, cbs, c);
+  /* nghttp2 keeps closed streams around (for stream priorities) up to the
+   * advertised stream limit, which is unlimited here: without this option
+   * every finished call left ~250 bytes behind for the connection's life
+   * (hundreds of MiB under a read benchmark). gRPC has no use for them. */
+  nghttp2_option *opt;
+  if (nghttp2_option_new(&opt) != 0) {
+    nghttp2_session_callbacks_del(cbs);
+    return CAIRN_ENOMEM;
+  }
+  nghttp2_option_set_no_closed_streams(opt, 1);
+  int rv = nghttp2_session_server_new2(&c->h2, cbs, c, opt);
+  nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cbs);
   if (rv != 0) {
     c->h2 = NULL;
