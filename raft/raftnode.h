@@ -37,7 +37,11 @@ struct raftnode_member {
 /* Defaults for the options left 0. */
 #define RAFTNODE_HEARTBEAT_MS_DEFAULT 100u
 #define RAFTNODE_ELECTION_MS_DEFAULT 1000u
-#define RAFTNODE_SNAPSHOT_COUNT_DEFAULT 100000u /* etcd 3.4's --snapshot-count */
+/* --snapshot-count's default: 10000, not etcd 3.4's 100000. libraft keeps
+ * every entry since the last snapshot in memory, and a Cairn snapshot is a
+ * marker (the store is the LMDB file), not a copy of the store: frequent
+ * snapshots cost little and bound memory (docs/raft.md). */
+#define RAFTNODE_SNAPSHOT_COUNT_DEFAULT 10000u
 /* Entries kept in the log behind each snapshot, so that a follower a little
  * behind catches up from the log (etcd's snapshot catch-up entries): this
  * many, or the snapshot count if smaller (so that small --snapshot-count
