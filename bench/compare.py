@@ -25,6 +25,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -349,6 +350,18 @@ def scale_plan(a):
 # ---------------------------------------------------------------- runner
 
 
+def default_snapshot_count(binary):
+    """The --snapshot-count default a server's --help shows (etcd's and
+    Cairn's both print it as --snapshot-count 'N')."""
+    try:
+        out = subprocess.run([binary, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             timeout=10).stdout.decode(errors="replace")
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    m = re.search(r"--snapshot-count '?(\d+)", out)
+    return m.group(1) if m else "?"
+
+
 class Runner:
     def __init__(self, a, tmp):
         self.a = a
@@ -368,8 +381,9 @@ class Runner:
             dst = os.path.join(bindir, name)
             shutil.copy2(src, dst)
             self.bins[name] = dst
-        self.settings = {"heartbeat_ms": 100, "election_ms": 1000,
-                         "quota_bytes": a.quota, "snapshot_count": "default (100000 in both)"}
+        self.settings = {"heartbeat_ms": 100, "election_ms": 1000, "quota_bytes": a.quota,
+                         "snapshot_count": "not passed: each server's default (etcd %s, cairn %s)" % (
+                             default_snapshot_count(a.etcd), default_snapshot_count(a.cairn))}
         self.seq = 0
 
     def run_bench(self, cluster, st, outdir):
@@ -604,17 +618,33 @@ def print_table(rows, out=sys.stdout):
 
 
 def markdown(rows, goals, srows, doc):
-    """The tables of docs/performance.md, in Markdown."""
+    """The tables of docs/performance.md, in Markdown: one line per workload
+    (the figures compared), then the goals."""
     out = ["Run of %s, Cairn %s, %s, %d CPUs, %.0f s in all.\n" % (
         doc["started_utc"], doc["cairn_commit"], doc["etcd_version"], doc["host"]["cpus"], doc["elapsed_s"]),
-        "| workload | metric | etcd | Cairn | Cairn/etcd | goal | pass |",
-        "|---|---|---:|---:|---:|---|---|"]
+        "| workload | etcd /s | Cairn /s | ratio | etcd p99 ms | Cairn p99 ms | ratio | "
+        "etcd peak RSS MiB | Cairn peak RSS MiB | ratio | anon RSS ratio | disk ratio | CPU ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    by = {}
     for r in rows:
         wname = r["workload"] if r["step"] == r["workload"] else "%s/%s" % (r["workload"], r["step"])
-        out.append("| %s (%dm) | %s [%s] | %s | %s | %s | %s | %s |" % (
-            wname, r["members"], r["metric"], r["unit"], fmt(r["etcd"], r["unit"]), fmt(r["cairn"], r["unit"]),
-            "-" if r["ratio"] is None else "%.2f" % r["ratio"], r["goal"] or "",
-            "" if r["goal"] is None else "n/a" if r["pass"] is None else "**PASS**" if r["pass"] else "FAIL"))
+        by.setdefault("%s (%dm)" % (wname, r["members"]), {})[r["key"]] = r
+
+    def cell(m, key, field, scale=1.0, digits=0):
+        r = m.get(key)
+        v = r and r.get(field)
+        if v is None:
+            return "-"
+        if field == "ratio":
+            mark = "" if r["pass"] is None else " ✓" if r["pass"] else " ✗"
+            return "%.2f%s" % (v, mark)
+        return "%.*f" % (digits, v / scale)
+    for name, m in by.items():
+        out.append("| %s |" % name + "|".join(" %s " % c for c in (
+            cell(m, "throughput", "etcd"), cell(m, "throughput", "cairn"), cell(m, "throughput", "ratio"),
+            cell(m, "p99", "etcd", 1000.0, 2), cell(m, "p99", "cairn", 1000.0, 2), cell(m, "p99", "ratio"),
+            cell(m, "rss", "etcd", 1.0, 1), cell(m, "rss", "cairn", 1.0, 1), cell(m, "rss", "ratio"),
+            cell(m, "anon", "ratio"), cell(m, "disk", "ratio"), cell(m, "cpu", "ratio"))) + "|")
     notes = sorted({"%s (%dm): %s" % (r["workload"], r["members"], r["notes"]) for r in rows if r["notes"]})
     for n in notes:
         out.append("\nNote: %s" % n)
