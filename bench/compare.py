@@ -52,12 +52,12 @@ def log(msg):
 
 
 def read_status(pid):
-    """VmHWM, VmRSS, RssAnon, RssFile of pid in bytes (None if it is gone)."""
+    """VmHWM, VmRSS, RssAnon, RssFile, RssShmem of pid in bytes (None if it is gone)."""
     out = {}
     try:
         with open("/proc/%d/status" % pid) as f:
             for line in f:
-                if line.startswith(("VmHWM:", "VmRSS:", "RssAnon:", "RssFile:")):
+                if line.startswith(("VmHWM:", "VmRSS:", "RssAnon:", "RssFile:", "RssShmem:")):
                     k, v = line.split(":", 1)
                     out[k] = int(v.split()[0]) * 1024
     except OSError:
@@ -107,7 +107,8 @@ def disk_usage(path):
 
 
 class RssSampler(threading.Thread):
-    """Samples VmRSS and RssAnon of some processes every 100 ms; keeps the maxima."""
+    """Samples VmRSS, RssAnon, RssFile and RssShmem of some processes every
+    100 ms; keeps the maxima of each."""
 
     def __init__(self, pids, interval=0.1):
         super().__init__(daemon=True)
@@ -115,6 +116,8 @@ class RssSampler(threading.Thread):
         self.interval = interval
         self.max = {p: 0 for p in self.pids}
         self.anon = {p: 0 for p in self.pids}
+        self.file = {p: 0 for p in self.pids}
+        self.shmem = {p: 0 for p in self.pids}
         self.samples = 0
         self.stop_ev = threading.Event()
 
@@ -125,6 +128,8 @@ class RssSampler(threading.Thread):
                 if st:
                     self.max[p] = max(self.max[p], st.get("VmRSS", 0))
                     self.anon[p] = max(self.anon[p], st.get("RssAnon", 0))
+                    self.file[p] = max(self.file[p], st.get("RssFile", 0))
+                    self.shmem[p] = max(self.shmem[p], st.get("RssShmem", 0))
             self.samples += 1
             self.stop_ev.wait(self.interval)
 
@@ -442,6 +447,8 @@ class Runner:
                      "sampled_rss_max_bytes_members": [sampler.max[p] for p in pids],
                      "sampled_anon_max_bytes_members": [sampler.anon[p] for p in pids],
                      "sampled_anon_max_bytes": max([sampler.anon[p] for p in pids] or [0]),
+                     "sampled_file_max_bytes_members": [sampler.file[p] for p in pids],
+                     "sampled_shmem_max_bytes_members": [sampler.shmem[p] for p in pids],
                      "end_rss_anon_bytes_members": [x.get("RssAnon") for x in status],
                      "end_rss_file_bytes_members": [x.get("RssFile") for x in status],
                      "rss_samples": sampler.samples,
