@@ -787,6 +787,8 @@ set output "%(png)s"
 set multiplot layout %(n)d,2 title "%(title)s"
 set grid
 set logscale x
+set autoscale xfix
+set offsets graph 0.05, graph 0.05, 0, 0
 set key top left
 set yrange [0:*]
 %(body)s
