@@ -97,6 +97,9 @@ struct watcher {
   /* The events of the group being dispatched that match (live reader). */
   const struct mvcc_event **pend;
   size_t n_pend, cap_pend;
+  /* pend is implied while !pend_mat: the first n_pend events of the group,
+   * every one of them matched (the common case: no copy). */
+  bool pend_mat;
   bool touched, pend_failed;
   struct watcher *tnext;
   /* Freed at the end of the hub's current callback. */
@@ -161,6 +164,16 @@ struct watch_hub {
   bool dispatching;
   uint64_t group_seq;
   struct wpos grp_start, grp_end;
+  const struct mvcc_event *const *grp_ev;
+  size_t grp_n;
+  /* The group's response packed once with watch_id 0, per prev_kv: every
+   * watcher that gets the whole group gets these bytes with its watch_id
+   * spliced in after the header. */
+  struct hub_enc {
+    uint64_t seq; /* group_seq it was packed for; 0: none */
+    uint8_t *buf;
+    size_t len, cap, hdr_len;
+  } enc[2];
 
   uv_idle_t idle;
   bool idle_on;
@@ -467,16 +480,17 @@ static void stream_block(struct watch_stream *st);
 static void stream_fail(struct watch_stream *st, int err);
 static void stream_detach(struct watch_stream *st);
 
-/* Sends (or queues) one packed message. Errors: CAIRN_EBUSY (SEND_EVENT on
- * a blocked stream: nothing was sent), CAIRN_ESTOPPED (the stream is over). */
-static int stream_send(struct watch_stream *st, const uint8_t *msg, size_t len,
-                       enum send_kind kind) {
+/* Sends (or queues) one packed message given in pieces. Errors: CAIRN_EBUSY
+ * (SEND_EVENT on a blocked stream: nothing was sent), CAIRN_ESTOPPED (the
+ * stream is over). */
+static int stream_sendv(struct watch_stream *st, const struct grpc_iov *iov, size_t niov,
+                        enum send_kind kind) {
   if (st->detached) {
     return CAIRN_ESTOPPED;
   }
   if (!st->blocked) {
     CAIRN_ASSERT(st->ctrl_n == 0);
-    int rc = grpc_call_send(st->call, msg, len);
+    int rc = grpc_call_sendv(st->call, iov, niov);
     if (rc == 0) {
       return 0;
     }
@@ -496,6 +510,10 @@ static int stream_send(struct watch_stream *st, const uint8_t *msg, size_t len,
     stream_fail(st, CAIRN_ETOO_MANY_REQUESTS);
     return CAIRN_ESTOPPED;
   }
+  size_t len = 0;
+  for (size_t i = 0; i < niov; i++) {
+    len += iov[i].len;
+  }
   struct ctrl_msg *m = malloc(sizeof *m + len);
   if (m == NULL) {
     stream_fail(st, CAIRN_ENOMEM);
@@ -503,7 +521,13 @@ static int stream_send(struct watch_stream *st, const uint8_t *msg, size_t len,
   }
   m->next = NULL;
   m->len = len;
-  memcpy(m->data, msg, len);
+  size_t off = 0;
+  for (size_t i = 0; i < niov; i++) {
+    if (iov[i].len > 0) {
+      memcpy(m->data + off, iov[i].data, iov[i].len);
+      off += iov[i].len;
+    }
+  }
   if (st->ctrl_tail != NULL) {
     st->ctrl_tail->next = m;
   } else {
@@ -512,6 +536,12 @@ static int stream_send(struct watch_stream *st, const uint8_t *msg, size_t len,
   st->ctrl_tail = m;
   st->ctrl_n++;
   return 0;
+}
+
+static int stream_send(struct watch_stream *st, const uint8_t *msg, size_t len,
+                       enum send_kind kind) {
+  struct grpc_iov one = {msg, len};
+  return stream_sendv(st, &one, 1, kind);
 }
 
 static uint8_t *hub_buf(struct watch_hub *h, size_t len) {
@@ -536,6 +566,12 @@ static void hub_buf_trim(struct watch_hub *h) {
     free(h->buf);
     h->buf = NULL;
     h->buf_cap = 0;
+  }
+  for (size_t i = 0; i < 2; i++) {
+    if (h->enc[i].cap > WATCH_FEED_BATCH_BYTES) {
+      free(h->enc[i].buf);
+      h->enc[i] = (struct hub_enc){0};
+    }
   }
 }
 
@@ -616,18 +652,11 @@ static bool hub_pb_reserve(struct watch_hub *h, size_t n) {
 
 static void watcher_set_frag_open(struct watcher *w, bool open);
 
-/* Sends a watcher's events (n may be 0: the empty last part of a revision
- * sent in fragments). more_parts: the revision continues in a later
- * response. A fragmenting watcher's response over the size limit goes out in
- * pieces. Errors: CAIRN_EBUSY (nothing went out; the stream is now blocked),
- * CAIRN_ESTOPPED. */
-static int send_events(struct watcher *w, const struct mvcc_event *const *evs, size_t n,
-                       int64_t header_rev, bool more_parts) {
-  struct watch_stream *st = w->st;
-  struct watch_hub *h = st->hub;
+/* Fills the hub's scratch messages h->pb_evp[0..n) from evs. */
+static bool hub_fill_pb(struct watch_hub *h, bool prev_kv, const struct mvcc_event *const *evs,
+                        size_t n) {
   if (!hub_pb_reserve(h, n)) {
-    stream_fail(st, CAIRN_ENOMEM);
-    return CAIRN_ESTOPPED;
+    return false;
   }
   for (size_t i = 0; i < n; i++) {
     const struct mvcc_event *e = evs[i];
@@ -639,13 +668,96 @@ static int send_events(struct watcher *w, const struct mvcc_event *const *evs, s
     pe->type = e->type == MVCC_EVENT_DELETE ? MVCCPB__EVENT__EVENT_TYPE__DELETE
                                             : MVCCPB__EVENT__EVENT_TYPE__PUT;
     pe->kv = kv;
-    if (w->prev_kv && e->has_prev_kv) {
+    if (prev_kv && e->has_prev_kv) {
       Mvccpb__KeyValue *pkv = &h->pb_kv[2 * i + 1];
       mvccpb__key_value__init(pkv);
       server_kv_to_pb(&e->prev_kv, pkv);
       pe->prev_kv = pkv;
     }
     h->pb_evp[i] = pe;
+  }
+  return true;
+}
+
+/* The whole live group to a watcher that does not fragment: the group's
+ * response is packed once per prev_kv flag (watch_id 0, which proto3
+ * leaves out) and each watcher's copy gets its watch_id field spliced in
+ * after the header field, in field order. Errors: those of send_events. */
+static int send_group_shared(struct watcher *w, int64_t header_rev) {
+  struct watch_stream *st = w->st;
+  struct watch_hub *h = st->hub;
+  struct hub_enc *c = &h->enc[w->prev_kv ? 1 : 0];
+  if (c->seq != h->group_seq) {
+    if (!hub_fill_pb(h, w->prev_kv, h->grp_ev, h->grp_n)) {
+      stream_fail(st, CAIRN_ENOMEM);
+      return CAIRN_ESTOPPED;
+    }
+    Etcdserverpb__ResponseHeader hdr;
+    hub_header(h, &hdr, header_rev);
+    Etcdserverpb__WatchResponse resp = ETCDSERVERPB__WATCH_RESPONSE__INIT;
+    resp.header = &hdr;
+    resp.events = h->pb_evp;
+    resp.n_events = h->grp_n;
+    size_t len = etcdserverpb__watch_response__get_packed_size(&resp);
+    if (len > c->cap) {
+      size_t cap = c->cap ? c->cap : 4096;
+      while (cap < len) {
+        cap *= 2;
+      }
+      uint8_t *nb = realloc(c->buf, cap);
+      if (nb == NULL) {
+        stream_fail(st, CAIRN_ENOMEM);
+        return CAIRN_ESTOPPED;
+      }
+      c->buf = nb;
+      c->cap = cap;
+    }
+    c->len = etcdserverpb__watch_response__pack(&resp, c->buf);
+    CAIRN_ASSERT(c->len == len);
+    size_t hsz = etcdserverpb__response_header__get_packed_size(&hdr);
+    c->hdr_len = 1 + varint_len(hsz) + hsz;
+    /* header is field 1 (tag 0x0a) and goes first; watch_id (field 2)
+     * would follow it. */
+    CAIRN_ASSERT(c->len >= c->hdr_len && c->buf[0] == 0x0a);
+    CAIRN_ASSERT(c->len == c->hdr_len || c->buf[c->hdr_len] != 0x10);
+    c->seq = h->group_seq;
+  }
+  uint8_t idf[11];
+  size_t il = 0;
+  if (w->id != 0) {
+    uint64_t v = (uint64_t)w->id;
+    idf[il++] = 0x10; /* field 2, varint */
+    while (v >= 0x80) {
+      idf[il++] = (uint8_t)(v | 0x80);
+      v >>= 7;
+    }
+    idf[il++] = (uint8_t)v;
+  }
+  struct grpc_iov iov[3] = {{c->buf, c->hdr_len},
+                            {idf, il},
+                            {c->buf + c->hdr_len, c->len - c->hdr_len}};
+  int rc = stream_sendv(st, iov, 3, SEND_EVENT);
+  if (rc == 0) {
+    w->progress_events = true;
+  }
+  return rc;
+}
+
+/* Sends a watcher's events (n may be 0: the empty last part of a revision
+ * sent in fragments). more_parts: the revision continues in a later
+ * response. A fragmenting watcher's response over the size limit goes out in
+ * pieces. Errors: CAIRN_EBUSY (nothing went out; the stream is now blocked),
+ * CAIRN_ESTOPPED. */
+static int send_events(struct watcher *w, const struct mvcc_event *const *evs, size_t n,
+                       int64_t header_rev, bool more_parts) {
+  struct watch_stream *st = w->st;
+  struct watch_hub *h = st->hub;
+  if (h->dispatching && n > 0 && evs == h->grp_ev && n == h->grp_n && !w->fragment) {
+    return send_group_shared(w, header_rev);
+  }
+  if (!hub_fill_pb(h, w->prev_kv, evs, n)) {
+    stream_fail(st, CAIRN_ENOMEM);
+    return CAIRN_ESTOPPED;
   }
   Etcdserverpb__ResponseHeader hdr;
   hub_header(h, &hdr, header_rev);
@@ -1056,15 +1168,33 @@ out:
 
 struct match_ctx {
   struct watch_hub *h;
+  const struct mvcc_event *const *ev; /* the group */
+  size_t idx;                         /* of e in ev */
   const struct mvcc_event *e;
-  int64_t rev;
   struct watcher *touched;
 };
+
+static bool pend_reserve(struct watcher *w, size_t n) {
+  if (n <= w->cap_pend) {
+    return true;
+  }
+  size_t cap = w->cap_pend ? w->cap_pend : 8;
+  while (cap < n) {
+    cap *= 2;
+  }
+  const struct mvcc_event **np = realloc(w->pend, cap * sizeof *np);
+  if (np == NULL) {
+    return false;
+  }
+  w->pend = np;
+  w->cap_pend = cap;
+  return true;
+}
 
 static void match_one(struct watcher *w, void *arg) {
   struct match_ctx *m = arg;
   const struct mvcc_event *e = m->e;
-  if (m->rev < w->min_rev) {
+  if (e->kv.mod_revision < w->min_rev) {
     return;
   }
   if ((w->no_put && e->type == MVCC_EVENT_PUT) || (w->no_delete && e->type == MVCC_EVENT_DELETE)) {
@@ -1078,29 +1208,39 @@ static void match_one(struct watcher *w, void *arg) {
   if (w->pend_failed) {
     return;
   }
-  if (w->n_pend == w->cap_pend) {
-    size_t cap = w->cap_pend ? w->cap_pend * 2 : 8;
-    const struct mvcc_event **np = realloc(w->pend, cap * sizeof *np);
-    if (np == NULL) {
+  if (!w->pend_mat) {
+    if (w->n_pend == m->idx) {
+      w->n_pend++; /* still every event from the group's first */
+      return;
+    }
+    if (!pend_reserve(w, w->n_pend + 1)) {
       w->pend_failed = true; /* it catches up instead */
       return;
     }
-    w->pend = np;
-    w->cap_pend = cap;
+    memcpy(w->pend, m->ev, w->n_pend * sizeof *w->pend);
+    w->pend_mat = true;
+  }
+  if (!pend_reserve(w, w->n_pend + 1)) {
+    w->pend_failed = true;
+    return;
   }
   w->pend[w->n_pend++] = e;
 }
 
-/* Delivers the events of revision rev (a whole revision, or a part of it
- * when !last_part) to the synced watchers. [gstart, gend) is the feed span. */
+/* Delivers the events ev[0..n) to the synced watchers: whole revisions up
+ * to rev, or a part of revision rev when !last_part. Each watcher gets one
+ * response with its events of the group. [gstart, gend) is the feed span. */
 static void dispatch_group(struct watch_hub *h, int64_t rev, const struct mvcc_event *const *ev,
                            size_t n, struct wpos gstart, struct wpos gend, bool last_part) {
   h->group_seq++;
   h->grp_start = gstart;
   h->grp_end = gend;
+  h->grp_ev = ev;
+  h->grp_n = n;
   h->dispatching = true;
-  struct match_ctx m = {.h = h, .rev = rev};
+  struct match_ctx m = {.h = h, .ev = ev};
   for (size_t i = 0; i < n; i++) {
+    m.idx = i;
     m.e = ev[i];
     idx_stab(h->root, ev[i]->kv.key.data, ev[i]->kv.key.len, match_one, &m);
   }
@@ -1111,11 +1251,12 @@ static void dispatch_group(struct watch_hub *h, int64_t rev, const struct mvcc_e
       if (w->pend_failed) {
         watcher_demote(w, gstart);
         stream_update_runnable(w->st);
-      } else if (send_events(w, w->pend, w->n_pend, rev, !last_part) == 0) {
+      } else if (send_events(w, w->pend_mat ? w->pend : ev, w->n_pend, rev, !last_part) == 0) {
         w->sent_group = h->group_seq;
       }
     }
     w->n_pend = 0;
+    w->pend_mat = false;
     w->pend_failed = false;
     if (w->cap_pend > 64) {
       free(w->pend);
@@ -1147,6 +1288,27 @@ static void hub_demote_all(struct watch_hub *h) {
 
 static const struct mvcc_bytes ALL_KEYS = {KEY_NUL, 1};
 
+/* The end of the revision that starts at r->ev[i]. */
+static size_t rev_end(const struct feed_read *r, size_t i) {
+  int64_t rev = r->ev[i]->kv.mod_revision;
+  size_t j = i + 1;
+  while (j < r->n_ev && r->ev[j]->kv.mod_revision == rev) {
+    j++;
+  }
+  return j;
+}
+
+static size_t events_bytes(const struct mvcc_event *const *ev, size_t n) {
+  size_t b = 0;
+  for (size_t i = 0; i < n; i++) {
+    b += ev[i]->kv.key.len + ev[i]->kv.value.len;
+    if (ev[i]->has_prev_kv) {
+      b += ev[i]->prev_kv.key.len + ev[i]->prev_kv.value.len;
+    }
+  }
+  return b;
+}
+
 /* One step of the live reader; true if there is more to read. */
 static bool hub_pump_step(struct watch_hub *h) {
   int64_t cur = mvcc_current_revision(h->store);
@@ -1174,15 +1336,30 @@ static bool hub_pump_step(struct watch_hub *h) {
     hub_delivered(h);
     return false;
   }
+  /* Whole revisions go out together, one response per watcher, up to
+   * WATCH_LIVE_GROUP_BYTES; the last part of a revision begun in an earlier
+   * read and a revision cut by this read's end go alone. */
   size_t i = 0;
   while (i < r.n_ev) {
-    int64_t rev = r.ev[i]->kv.mod_revision;
-    size_t j = i + 1;
-    while (j < r.n_ev && r.ev[j]->kv.mod_revision == rev) {
-      j++;
-    }
+    size_t j = rev_end(&r, i);
     bool last_part = !(j == r.n_ev && r.mid);
-    struct wpos gstart = i == 0 ? r.start : (struct wpos){rev, 0};
+    struct wpos gstart = i == 0 ? r.start : (struct wpos){r.ev[i]->kv.mod_revision, 0};
+    if (last_part && gstart.sub == 0) {
+      size_t bytes = events_bytes(r.ev + i, j - i);
+      while (j < r.n_ev) {
+        size_t k = rev_end(&r, j);
+        if (k == r.n_ev && r.mid) {
+          break;
+        }
+        size_t b = events_bytes(r.ev + j, k - j);
+        if (bytes + b > WATCH_LIVE_GROUP_BYTES) {
+          break;
+        }
+        bytes += b;
+        j = k;
+      }
+    }
+    int64_t rev = r.ev[j - 1]->kv.mod_revision;
     struct wpos gend = last_part ? (struct wpos){rev + 1, 0} : r.end;
     dispatch_group(h, rev, r.ev + i, j - i, gstart, gend, last_part);
     h->pos = gend;
@@ -1461,6 +1638,8 @@ static void on_handle_closed(uv_handle_t *handle) {
   free(h->pb_kv);
   free(h->pb_evp);
   free(h->buf);
+  free(h->enc[0].buf);
+  free(h->enc[1].buf);
   free(h);
 }
 

@@ -57,6 +57,10 @@
 #define WATCH_FEED_BATCH_EVENTS_MAX 1000u
 #define WATCH_FEED_BATCH_EVENTS_MIN 16u
 #define WATCH_FEED_BATCH_BYTES (4u * 1024u * 1024u)
+/* Whole revisions the live reader delivers together, as one response per
+ * watcher: up to this many bytes of keys and values (prev_kv included). A
+ * larger revision goes alone. */
+#define WATCH_LIVE_GROUP_BYTES (256u * 1024u)
 /* One revision's events held in memory before it goes out in parts. */
 #define WATCH_REVISION_EVENTS_MAX 10000u
 #define WATCH_REVISION_BYTES_MAX (64u * 1024u * 1024u)

@@ -214,6 +214,16 @@ void grpc_server_end_streams(grpc_server *s, int status, const char *message);
  * with len > 0, len >= 4 GiB). */
 int grpc_call_send(grpc_call *call, const uint8_t *msg, size_t len);
 
+/* One piece of a message given to grpc_call_sendv(). */
+struct grpc_iov {
+  const uint8_t *data;
+  size_t len;
+};
+
+/* grpc_call_send() of the concatenation of iov[0..n) (copied once), for
+ * messages assembled from shared parts. Same errors. */
+int grpc_call_sendv(grpc_call *call, const struct grpc_iov *iov, size_t n);
+
 /* Ends the call with a status: after the queued messages, trailers with
  * grpc-status and grpc-message (percent-encoded; cut at
  * GRPC_STATUS_MESSAGE_BYTES_MAX); a call with no message sent gets a

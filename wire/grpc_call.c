@@ -662,8 +662,23 @@ ssize_t grpc_call_data_read(nghttp2_session *session, int32_t stream_id, uint8_t
 }
 
 int grpc_call_send(grpc_call *call, const uint8_t *msg, size_t len) {
-  if (!call || (!msg && len > 0) || len > UINT32_MAX) {
+  struct grpc_iov one = {msg, len};
+  return grpc_call_sendv(call, &one, 1);
+}
+
+int grpc_call_sendv(grpc_call *call, const struct grpc_iov *iov, size_t n) {
+  if (!call || (n > 0 && !iov)) {
     return CAIRN_EINVAL;
+  }
+  size_t len = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!iov[i].data && iov[i].len > 0) {
+      return CAIRN_EINVAL;
+    }
+    len += iov[i].len;
+    if (len > UINT32_MAX) {
+      return CAIRN_EINVAL;
+    }
   }
   if (call_stopped(call) || (call->state != CALL_ACTIVE && call->state != CALL_SENDING)) {
     return CAIRN_ESTOPPED;
@@ -684,8 +699,12 @@ int grpc_call_send(grpc_call *call, const uint8_t *msg, size_t len) {
   ch->data[2] = (uint8_t)(len >> 16);
   ch->data[3] = (uint8_t)(len >> 8);
   ch->data[4] = (uint8_t)len;
-  if (len > 0) {
-    memcpy(ch->data + 5, msg, len);
+  size_t off = 5;
+  for (size_t i = 0; i < n; i++) {
+    if (iov[i].len > 0) {
+      memcpy(ch->data + off, iov[i].data, iov[i].len);
+      off += iov[i].len;
+    }
   }
   nghttp2_session *h2 = call->conn->h2;
   if (call->state == CALL_ACTIVE) {

@@ -303,7 +303,7 @@ static bool table_is(void *arg) {
     if (m->node == NULL) {
       continue;
     }
-    struct raftnode_member_info info;
+    struct raftnode_member_info info = {0};
     char name[128], peer[128], client[128];
     size_t n;
     bool found = find_member(m, t->id, &info, name, sizeof name, peer, client, &n);
