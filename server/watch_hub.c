@@ -544,20 +544,25 @@ static int stream_send(struct watch_stream *st, const uint8_t *msg, size_t len,
   return stream_sendv(st, &one, 1, kind);
 }
 
-static uint8_t *hub_buf(struct watch_hub *h, size_t len) {
-  if (len > h->buf_cap) {
-    size_t cap = h->buf_cap ? h->buf_cap : 4096;
-    while (cap < len) {
-      cap *= 2;
+/* *buf with room for len bytes (doubling from 4 KiB), or NULL. */
+static uint8_t *buf_reserve(uint8_t **buf, size_t *cap, size_t len) {
+  if (len > *cap) {
+    size_t c = *cap ? *cap : 4096;
+    while (c < len) {
+      c *= 2;
     }
-    uint8_t *nb = realloc(h->buf, cap);
+    uint8_t *nb = realloc(*buf, c);
     if (nb == NULL) {
       return NULL;
     }
-    h->buf = nb;
-    h->buf_cap = cap;
+    *buf = nb;
+    *cap = c;
   }
-  return h->buf;
+  return *buf;
+}
+
+static uint8_t *hub_buf(struct watch_hub *h, size_t len) {
+  return buf_reserve(&h->buf, &h->buf_cap, len);
 }
 
 /* Large responses leave a large scratch buffer; give it back. */
@@ -679,6 +684,25 @@ static bool hub_fill_pb(struct watch_hub *h, bool prev_kv, const struct mvcc_eve
   return true;
 }
 
+/* Builds the response of events evs[0..n) for w (watch_id left 0) in the
+ * hub's scratch; hdr and resp are the caller's. On failure the stream has
+ * failed (CAIRN_ENOMEM). */
+static bool hub_build_events(struct watcher *w, const struct mvcc_event *const *evs, size_t n,
+                             int64_t header_rev, Etcdserverpb__ResponseHeader *hdr,
+                             Etcdserverpb__WatchResponse *resp) {
+  struct watch_hub *h = w->st->hub;
+  if (!hub_fill_pb(h, w->prev_kv, evs, n)) {
+    stream_fail(w->st, CAIRN_ENOMEM);
+    return false;
+  }
+  hub_header(h, hdr, header_rev);
+  etcdserverpb__watch_response__init(resp);
+  resp->header = hdr;
+  resp->events = h->pb_evp;
+  resp->n_events = n;
+  return true;
+}
+
 /* The whole live group to a watcher that does not fragment: the group's
  * response is packed once per prev_kv flag (watch_id 0, which proto3
  * leaves out) and each watcher's copy gets its watch_id field spliced in
@@ -688,29 +712,15 @@ static int send_group_shared(struct watcher *w, int64_t header_rev) {
   struct watch_hub *h = st->hub;
   struct hub_enc *c = &h->enc[w->prev_kv ? 1 : 0];
   if (c->seq != h->group_seq) {
-    if (!hub_fill_pb(h, w->prev_kv, h->grp_ev, h->grp_n)) {
-      stream_fail(st, CAIRN_ENOMEM);
+    Etcdserverpb__ResponseHeader hdr;
+    Etcdserverpb__WatchResponse resp;
+    if (!hub_build_events(w, h->grp_ev, h->grp_n, header_rev, &hdr, &resp)) {
       return CAIRN_ESTOPPED;
     }
-    Etcdserverpb__ResponseHeader hdr;
-    hub_header(h, &hdr, header_rev);
-    Etcdserverpb__WatchResponse resp = ETCDSERVERPB__WATCH_RESPONSE__INIT;
-    resp.header = &hdr;
-    resp.events = h->pb_evp;
-    resp.n_events = h->grp_n;
     size_t len = etcdserverpb__watch_response__get_packed_size(&resp);
-    if (len > c->cap) {
-      size_t cap = c->cap ? c->cap : 4096;
-      while (cap < len) {
-        cap *= 2;
-      }
-      uint8_t *nb = realloc(c->buf, cap);
-      if (nb == NULL) {
-        stream_fail(st, CAIRN_ENOMEM);
-        return CAIRN_ESTOPPED;
-      }
-      c->buf = nb;
-      c->cap = cap;
+    if (buf_reserve(&c->buf, &c->cap, len) == NULL) {
+      stream_fail(st, CAIRN_ENOMEM);
+      return CAIRN_ESTOPPED;
     }
     c->len = etcdserverpb__watch_response__pack(&resp, c->buf);
     CAIRN_ASSERT(c->len == len);
@@ -755,17 +765,12 @@ static int send_events(struct watcher *w, const struct mvcc_event *const *evs, s
   if (h->dispatching && n > 0 && evs == h->grp_ev && n == h->grp_n && !w->fragment) {
     return send_group_shared(w, header_rev);
   }
-  if (!hub_fill_pb(h, w->prev_kv, evs, n)) {
-    stream_fail(st, CAIRN_ENOMEM);
+  Etcdserverpb__ResponseHeader hdr;
+  Etcdserverpb__WatchResponse resp;
+  if (!hub_build_events(w, evs, n, header_rev, &hdr, &resp)) {
     return CAIRN_ESTOPPED;
   }
-  Etcdserverpb__ResponseHeader hdr;
-  hub_header(h, &hdr, header_rev);
-  Etcdserverpb__WatchResponse resp = ETCDSERVERPB__WATCH_RESPONSE__INIT;
-  resp.header = &hdr;
   resp.watch_id = w->id;
-  resp.events = h->pb_evp;
-  resp.n_events = n;
   bool frag = w->fragment;
   size_t i = 0;
   int rc = 0;
