@@ -525,7 +525,8 @@ static bool defrag_try(struct server *s) {
   }
   uint64_t now = uv_now(s->loop);
   int rc = CAIRN_EBUSY;
-  if (!ms.exporting && fileio_inflight(s->fio) == 0) {
+  if (!ms.exporting && fileio_inflight(s->fio) == 0 &&
+      (s->raft == NULL || !raftnode_store_busy(s->raft))) {
     uint64_t size_before = 0, size_after = 0, in_use = 0;
     mvcc_size(s->store, &size_before, &in_use);
     server_log(LOG_INFO, "starting defragment");
