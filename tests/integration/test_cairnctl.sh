@@ -74,10 +74,15 @@ tool() { # i args...: the client of server i
 
 hexid() { printf '%x' "$1"; }
 
-# Rewrites file $2 (output of server $1) with placeholders for what differs
-# between servers by nature.
-norm() { # i file
-  local i=$1 f=$2 e=()
+# Writes $IT_TMP/norm.$1.sed: the sed script that puts placeholders for
+# what differs between servers by nature into the output of server $1.
+# Rebuilt only when what it depends on changed (norm runs ~6 times a
+# command).
+NORM_KEY=("" "" "")
+norm_script() { # i
+  local i=$1 e=()
+  local key="${CID[i]}|${MID[i]}|${LEASE[i]}|${NEWM[i]}|${CPORT[i]}|${PPORT[i]}"
+  [[ "${NORM_KEY[i]}" != "$key" || ! -s "$IT_TMP/norm.$i.sed" ]] || return 0
   local pairs=("${CID[i]}" "<CID>" "${MID[i]}" "<MID>")
   [[ -n "${LEASE[i]}" ]] && pairs+=("$((16#${LEASE[i]}))" "<LEASE>")
   [[ -n "${NEWM[i]}" ]] && pairs+=("$(printf '%u' "0x${NEWM[i]}")" "<NEWM>")
@@ -97,15 +102,27 @@ norm() { # i file
   e+=(-e 's/remaining\([0-9]+s\)/remaining(<R>s)/' -e 's/"ttl":[0-9]+,"granted-ttl"/"ttl":<R>,"granted-ttl"/')
   # A lease granted without being recorded in LEASE.
   e+=(-e 's/"ID":[0-9]+,"TTL"/"ID":<ID>,"TTL"/')
-  sed -i -E "${e[@]}" "$f"
+  local k2
+  for ((k2 = 1; k2 < ${#e[@]}; k2 += 2)); do printf '%s\n' "${e[k2]}"; done >"$IT_TMP/norm.$i.sed"
+  NORM_KEY[i]=$key
+}
+
+# Rewrites files $2... (output of server $1) with those placeholders.
+norm() { # i file...
+  local i=$1
+  shift
+  norm_script "$i"
+  sed -i -E -f "$IT_TMP/norm.$i.sed" "$@"
 }
 
 # tri [args...]: runs the command on the three servers (stdin from
 # $TRI_IN, printf %b, when set); "@L@" in an argument stands for the
 # server's lease, "@M@" for the member the test added. Fails unless the
 # three agree; leaves etcdctl's (normalised) result in out/err/IT_RC.
+# The three servers are independent: the three commands (and the
+# normalisation of their outputs) run at the same time.
 tri() {
-  local i a rcs=()
+  local i a pids=() rcs=()
   for i in 0 1 2; do
     local -a args=()
     for a in "$@"; do
@@ -113,25 +130,35 @@ tri() {
       a=${a//@M@/${NEWM[i]}}
       args+=("$a")
     done
-    if [[ -n "${TRI_IN:-}" ]]; then
-      printf '%b' "$TRI_IN" | tool "$i" "${args[@]}" >"$IT_TMP/out.$i" 2>"$IT_TMP/err.$i"
-    else
-      tool "$i" "${args[@]}" </dev/null >"$IT_TMP/out.$i" 2>"$IT_TMP/err.$i"
-    fi
-    rcs+=($?)
-    if [[ $i -gt 0 ]] && grep -Eq 'runtime error: |ERROR: (Address|Leak)Sanitizer' "$IT_TMP/err.$i"; then
-      it_fail "sanitizer report from cairnctl: $(grep -Em3 'runtime error: |Sanitizer' "$IT_TMP/err.$i")"
-    fi
-    # etcdctl's client logs JSON lines on stderr; the last line is the error.
-    grep -v '^{"level"' "$IT_TMP/err.$i" | tail -n 1 >"$IT_TMP/errl.$i"
-    norm "$i" "$IT_TMP/out.$i"
-    norm "$i" "$IT_TMP/errl.$i"
-    # Lines whose order follows IDs that differ between servers.
-    [[ -z "${TRI_SORT:-}" ]] || sort -o "$IT_TMP/out.$i" "$IT_TMP/out.$i"
+    norm_script "$i"
+    (
+      if [[ -n "${TRI_IN:-}" ]]; then
+        printf '%b' "$TRI_IN" | tool "$i" "${args[@]}" >"$IT_TMP/out.$i" 2>"$IT_TMP/err.$i"
+      else
+        tool "$i" "${args[@]}" </dev/null >"$IT_TMP/out.$i" 2>"$IT_TMP/err.$i"
+      fi
+      rc=$?
+      # etcdctl's client logs JSON lines on stderr; the last line is the error.
+      grep -v '^{"level"' "$IT_TMP/err.$i" | tail -n 1 >"$IT_TMP/errl.$i"
+      norm "$i" "$IT_TMP/out.$i" "$IT_TMP/errl.$i"
+      # Lines whose order follows IDs that differ between servers.
+      [[ -z "${TRI_SORT:-}" ]] || sort -o "$IT_TMP/out.$i" "$IT_TMP/out.$i"
+      if [[ $i -eq 0 ]]; then
+        cp "$IT_TMP/out.0" "$IT_TMP/out"
+        cp "$IT_TMP/err.0" "$IT_TMP/err"
+      fi
+      exit "$rc"
+    ) &
+    pids+=($!)
   done
+  for i in 0 1 2; do
+    wait "${pids[i]}"
+    rcs+=($?)
+  done
+  if grep -Eq 'runtime error: |ERROR: (Address|Leak)Sanitizer' "$IT_TMP/err.1" "$IT_TMP/err.2"; then
+    it_fail "sanitizer report from cairnctl: $(grep -Ehm3 'runtime error: |Sanitizer' "$IT_TMP/err.1" "$IT_TMP/err.2")"
+  fi
   IT_LAST_CMD="$* ${TRI_IN:+<<< $(printf '%q' "$TRI_IN")}"
-  cp "$IT_TMP/out.0" "$IT_TMP/out"
-  cp "$IT_TMP/err.0" "$IT_TMP/err"
   IT_RC=${rcs[0]}
   for i in 1 2; do
     if [[ "${rcs[i]}" != "${rcs[0]}" ]] || ! cmp -s "$IT_TMP/out.0" "$IT_TMP/out.$i" ||
@@ -167,11 +194,20 @@ tri_err() { # rc message args...
 
 # cairnctl alone on etcd B and cairn (for what etcdctl 3.4 lacks).
 duo() {
-  local i rcs=()
+  local i pids=() rcs=()
   for i in 1 2; do
-    tool "$i" "$@" </dev/null >"$IT_TMP/out.$i" 2>"$IT_TMP/err.$i"
+    norm_script "$i"
+    (
+      tool "$i" "$@" </dev/null >"$IT_TMP/out.$i" 2>"$IT_TMP/err.$i"
+      rc=$?
+      norm "$i" "$IT_TMP/out.$i"
+      exit "$rc"
+    ) &
+    pids+=($!)
+  done
+  for i in 0 1; do
+    wait "${pids[i]}"
     rcs+=($?)
-    norm "$i" "$IT_TMP/out.$i"
   done
   IT_LAST_CMD="cairnctl $*"
   cp "$IT_TMP/out.1" "$IT_TMP/out"
@@ -185,9 +221,45 @@ duo() {
 
 # ---------------------------------------------------------------- start
 
-it_case "start etcd A, etcd B and cairn"
+# The TLS case (at the end) has servers of its own, a cairn and an etcd with
+# https and client certificates: they start with the others and get ready
+# while the other cases run; openssl makes their certificates meanwhile.
+it_case "TLS: certificates for a CA, the server (127.0.0.1) and a client (in the background)"
+pki=$IT_TMP/pki
+mkdir -p "$pki"
+(
+  cd "$pki" &&
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=cairn-test-ca" \
+      -keyout ca.key -out ca.crt &&
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=server" -keyout server.key -out server.csr &&
+    printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext &&
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile server.ext -out server.crt &&
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=client" -keyout client.key -out client.csr &&
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext &&
+    openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile client.ext -out client.crt
+) >"$IT_TMP/openssl.log" 2>&1 &
+CERT_PID=$!
+
+tls_start() { # name bin cport pport
+  local -a args=(--name=tls --data-dir="$IT_TMP/data-$1"
+    --listen-client-urls="https://127.0.0.1:$3" --advertise-client-urls="https://127.0.0.1:$3"
+    --listen-peer-urls="http://127.0.0.1:$4" --initial-advertise-peer-urls="http://127.0.0.1:$4"
+    --initial-cluster="tls=http://127.0.0.1:$4"
+    --cert-file="$pki/server.crt" --key-file="$pki/server.key"
+    --trusted-ca-file="$pki/ca.crt" --client-cert-auth)
+  [[ "$1" == etcd ]] && args+=(--logger=zap --log-level=warn)
+  setsid "$2" "${args[@]}" >>"$IT_TMP/server-$1.log" 2>&1 &
+  IT_PIDS+=("$!")
+}
+
+it_case "start etcd A, etcd B and cairn (and the TLS servers of the last case)"
 for i in 0 1 2; do srv_start "$i"; done
 for i in 0 1 2; do srv_ready "$i"; done
+wait "$CERT_PID" || it_fail "openssl failed: $(tail -5 "$IT_TMP/openssl.log")"
+tls_start cairn "$CAIRN_BIN" 36330 36331
+tls_start etcd "$IT_ETCD_BIN" 36340 36341
 tri_ok get foo </dev/null
 
 # ---------------------------------------------------------------- kv
@@ -320,10 +392,33 @@ TRI_IN='value("x") = "1"\n\nput y 1\nput y 2\n\n\n' tri_err 1 "Error: etcdserver
 
 # ---------------------------------------------------------------- watch
 
+# The number of watchers server $1 has registered (its
+# etcd_debugging_mvcc_watcher_total gauge, in etcd and in cairn).
+watchers() { # i
+  curl -s --max-time 2 "http://127.0.0.1:${CPORT[$1]}/metrics" |
+    awk '$1 == "etcd_debugging_mvcc_watcher_total" { print $2 + 0 }'
+}
+
+# Waits until each of servers $2... has registered watchers (>= 1, "some")
+# or none ("0").
+wait_watchers() { # some|0 i...
+  local want=$1 i
+  shift
+  for i in "$@"; do
+    if [[ $want == some ]]; then
+      it_wait_for 10 "[[ \$(watchers $i) -ge 1 ]]" || it_fail "${SRV_WHAT[i]}: the watch was not registered after 10 s"
+    else
+      it_wait_for 10 "[[ \$(watchers $i) == 0 ]]" ||
+        it_fail "${SRV_WHAT[i]}: $(watchers "$i") watchers still registered 10 s after their clients exited"
+    fi
+  done
+}
+
 WATCH_PIDS=()
 watch_start() { # args...: one watcher per server, output in $IT_TMP/watch.$i
   local i
   WATCH_PIDS=()
+  wait_watchers 0 0 1 2 # the previous case's watchers are gone
   for i in 0 1 2; do
     if [[ $i -eq 0 ]]; then
       IT_BG_OUT="$IT_TMP/watch.$i" it_bg "$IT_ETCDCTL" --endpoints="127.0.0.1:${CPORT[0]}" watch "$@"
@@ -332,7 +427,7 @@ watch_start() { # args...: one watcher per server, output in $IT_TMP/watch.$i
     fi
     WATCH_PIDS+=("$IT_BG_PID")
   done
-  sleep 0.7 # the watches are created before the writes
+  wait_watchers some 0 1 2 # the watches are created before the writes
 }
 
 # Waits for $1 lines from every watcher, sends $WATCH_SIG (default INT),
@@ -463,7 +558,10 @@ for i in 0 1 2; do
   fi
   KA_PIDS[i]=$IT_BG_PID
 done
-sleep 2
+# Each keep-alive renewed its lease (its first line) before the revoke.
+for i in 0 1 2; do
+  it_wait_for 10 "[[ -s '$IT_TMP/ka.$i' ]]" || it_fail "keep-alive $i printed nothing"
+done
 tri_ok lease revoke @L@ <<<"lease <LEASE> revoked"
 for i in 0 1 2; do
   it_wait_for 10 "! kill -0 ${KA_PIDS[i]} 2>/dev/null" || it_fail "keep-alive $i still runs after the revoke"
@@ -559,7 +657,7 @@ for i in 1 2; do
   tool "$i" endpoint health -w table >"$IT_TMP/out" || it_fail "endpoint health -w table"
   assert_match '^\|    ENDPOINT     \| HEALTH \| +TOOK +\| ERROR \|$' "$(sed -n 2p "$IT_TMP/out")" "health table"
 done
-it_run "$CTL_BIN" --endpoints=127.0.0.1:36397 --dial-timeout=1s --command-timeout=2s endpoint health
+it_run "$CTL_BIN" --endpoints=127.0.0.1:36397 --dial-timeout=1s --command-timeout=1s endpoint health
 assert_rc 1
 assert_err_last "Error: unhealthy cluster"
 assert_err_has '^127\.0\.0\.1:36397 is unhealthy: failed to commit proposal: '
@@ -625,9 +723,10 @@ assert_rc 0
 assert_eq "1" "$(it_out)" "value through the second endpoint"
 
 it_case "watch goes on across a restart of cairn (libcairn resumes it)"
+wait_watchers 0 2
 IT_BG_OUT="$IT_TMP/resume" it_bg "$CTL_BIN" --endpoints=127.0.0.1:${CPORT[2]} watch r --prev-kv
 RESUME_PID=$IT_BG_PID
-sleep 0.5
+wait_watchers some 2
 tri_ok put r 1 <<<"OK"
 it_wait_for 10 "[[ \$(wc -l <'$IT_TMP/resume') -ge 3 ]]" || it_fail "no event before the restart"
 it_stop_pid "${SRV_PID[2]}" 10 || it_fail "cairn needed SIGKILL"
@@ -650,43 +749,15 @@ r
 EOF
 
 it_case "no server: an error, exit code 1"
-it_run "$CTL_BIN" --endpoints=127.0.0.1:36397 --dial-timeout=1s --command-timeout=2s get x
+it_run "$CTL_BIN" --endpoints=127.0.0.1:36397 --dial-timeout=1s --command-timeout=1s get x
 assert_rc 1
 assert_err_has '^Error: '
 
 # ---------------------------------------------------------------- TLS
 
-it_case "TLS: certificates for a CA, the server (127.0.0.1) and a client"
-pki=$IT_TMP/pki
-mkdir -p "$pki"
-(
-  cd "$pki" &&
-    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=cairn-test-ca" \
-      -keyout ca.key -out ca.crt &&
-    openssl req -newkey rsa:2048 -nodes -subj "/CN=server" -keyout server.key -out server.csr &&
-    printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext &&
-    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
-      -extfile server.ext -out server.crt &&
-    openssl req -newkey rsa:2048 -nodes -subj "/CN=client" -keyout client.key -out client.csr &&
-    printf 'extendedKeyUsage=clientAuth\n' >client.ext &&
-    openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
-      -extfile client.ext -out client.crt
-) >"$IT_TMP/openssl.log" 2>&1 || it_fail "openssl failed: $(tail -5 "$IT_TMP/openssl.log")"
-
 it_case "TLS: cairnctl against cairn and etcd with client certificates"
-tls_start() { # name bin cport pport
-  local -a args=(--name=tls --data-dir="$IT_TMP/data-$1"
-    --listen-client-urls="https://127.0.0.1:$3" --advertise-client-urls="https://127.0.0.1:$3"
-    --listen-peer-urls="http://127.0.0.1:$4" --initial-advertise-peer-urls="http://127.0.0.1:$4"
-    --initial-cluster="tls=http://127.0.0.1:$4"
-    --cert-file="$pki/server.crt" --key-file="$pki/server.key"
-    --trusted-ca-file="$pki/ca.crt" --client-cert-auth)
-  [[ "$1" == etcd ]] && args+=(--logger=zap --log-level=warn)
-  setsid "$2" "${args[@]}" >>"$IT_TMP/server-$1.log" 2>&1 &
-  IT_PIDS+=("$!")
-}
-tls_start cairn "$CAIRN_BIN" 36330 36331
-tls_start etcd "$IT_ETCD_BIN" 36340 36341
+# (The certificates were made and the two TLS servers started with the
+# others, at the beginning.)
 for port in 36330 36340; do
   tls=(--cacert="$pki/ca.crt" --cert="$pki/client.crt" --key="$pki/client.key")
   it_wait_for 30 "'$IT_ETCDCTL' --endpoints=https://127.0.0.1:$port ${tls[*]} --dial-timeout=1s --command-timeout=1s endpoint health >/dev/null 2>&1" ||
@@ -702,7 +773,7 @@ for port in 36330 36340; do
   assert_rc 0
   assert_match '"health":true' "$(it_out)" "health over TLS ($port)"
   it_run "$CTL_BIN" --endpoints=https://127.0.0.1:$port --cacert="$pki/ca.crt" \
-    --dial-timeout=1s --command-timeout=2s get tlskey
+    --dial-timeout=1s --command-timeout=1s get tlskey
   [[ $IT_RC -ne 0 ]] || it_fail "a client without a certificate got an answer ($port)"
   it_run "$CTL_BIN" --endpoints=https://127.0.0.1:$port --insecure-skip-tls-verify \
     --cert="$pki/client.crt" --key="$pki/client.key" get tlskey --print-value-only
