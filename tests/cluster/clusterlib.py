@@ -69,7 +69,12 @@ ELECTION_MS = 1000
 
 # Channels reconnect fast after a member restarts (gRPC's default backoff
 # grows to minutes).
+# A channel whose first connection is refused (a member not listening yet,
+# right after its start) waits for grpc's DNS re-resolution cooldown, 10-15 s
+# whatever the reconnect backoff, before it tries again, even for an IP
+# address: hence the short cooldown.
 CHANNEL_OPTIONS = [
+    ("grpc.dns_min_time_between_resolutions_ms", 100),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 500),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -478,10 +483,23 @@ class Cluster:
         m.stopped = False
         m._chan = None  # a fresh channel after the restart
 
-    def sigstop(self, m):
+    def sigstop(self, m, wait=True):
+        """SIGSTOP to m's process group; with wait, returns once the kernel
+        shows the member stopped (state T), so that a time taken after it is
+        after the stop, not merely after the signal was sent."""
         self._mark(m, "SIGSTOP")
         os.killpg(m.proc.pid, signal.SIGSTOP)
         m.stopped = True
+        deadline = time.monotonic() + 5
+        while wait and time.monotonic() < deadline:
+            try:
+                with open("/proc/%d/stat" % m.proc.pid) as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                return
+            if state in ("T", "t"):
+                return
+            time.sleep(0.001)
 
     def sigcont(self, m):
         self._mark(m, "SIGCONT")

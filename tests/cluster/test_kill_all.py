@@ -19,12 +19,6 @@ import clusterlib  # noqa: E402
 from clusterlib import main  # noqa: E402
 from history import Load, check_acked_everywhere, check_linearizable, wait_acks  # noqa: E402
 
-# A channel whose first connection is refused (a member not listening yet,
-# right after its start) waits for grpc's DNS re-resolution cooldown, 10-15 s
-# here whatever the reconnect backoff, before it tries again, even for an IP
-# address: without a shorter cooldown, each start cost this test ~15 s of
-# waiting (clusterlib's channels, for this test's process only).
-clusterlib.CHANNEL_OPTIONS.append(("grpc.dns_min_time_between_resolutions_ms", 100))
 
 
 def close_channels(c):

@@ -22,12 +22,6 @@ import clusterlib  # noqa: E402
 from clusterlib import main, grpc_error_text  # noqa: E402
 import etcd3.etcdrpc as rpc  # noqa: E402
 
-# A channel whose first connection is refused (a member not listening yet,
-# right after its start) waits for grpc's DNS re-resolution cooldown, 10-15 s
-# here whatever the reconnect backoff, before it tries again, even for an IP
-# address: without a shorter cooldown, each start cost this test ~15 s of
-# waiting (clusterlib's channels, for this test's process only).
-clusterlib.CHANNEL_OPTIONS.append(("grpc.dns_min_time_between_resolutions_ms", 100))
 
 SNAPSHOT_COUNT = 100
 WRITES = 7000
