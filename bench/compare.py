@@ -371,6 +371,7 @@ class Runner:
     def __init__(self, a, tmp):
         self.a = a
         self.tmp = tmp
+        self.repeat = 0  # which pass of --repeat is running
         self.ports = Ports()
         self.live = []
         self.env = dict(os.environ)
@@ -420,7 +421,7 @@ class Runner:
         cl = Cluster(kind, binary, w["members"], self.ports.take(), d, self.settings, self.a.etcdctl)
         self.live.append(cl)
         rec = {"workload": w["name"], "members": w["members"], "server": kind,
-               "endpoints": cl.endpoints, "steps": [], "error": None}
+               "repeat": self.repeat, "endpoints": cl.endpoints, "steps": [], "error": None}
         try:
             t0 = time.time()
             cl.start(self.env)
@@ -541,56 +542,97 @@ GOALS = {
 RSS_GOAL = ("<=", 1.0 / 3.0)
 
 
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    if n == 0:
+        return None
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2.0
+
+
 def compare(runs):
-    """Rows of (workload, members, step, metric, etcd, cairn, ratio, goal, pass)."""
+    """Rows of (workload, members, step, metric, etcd, cairn, ratio, goal,
+    pass). With several passes (--repeat), each pass pairs the two servers'
+    runs of a workload (back to back); a row's etcd and cairn figures are
+    the medians over the passes, its ratio the median of the passes' ratios,
+    with their minimum and maximum."""
     by = {}
     for r in runs:
         for s in r["steps"]:
             if s["measure"]:
-                by.setdefault((r["workload"], r["members"], s["step"]), {})[r["server"]] = (r, s)
+                key = (r["workload"], r["members"], s["step"])
+                by.setdefault(key, {}).setdefault(r.get("repeat", 0), {})[r["server"]] = (r, s)
     rows = []
-    for (wname, members, sname), sides in by.items():
-        if "etcd" not in sides or "cairn" not in sides:
+    for (wname, members, sname), passes in by.items():
+        prows = [compare_pass(wname, members, sname, sides) for _, sides in sorted(passes.items())
+                 if "etcd" in sides and "cairn" in sides]
+        if not prows:
             continue
-        (_, es), (_, cs) = sides["etcd"], sides["cairn"]
-        eb, cb = es.get("bench"), cs.get("bench")
-        valid = step_ok(es) and step_ok(cs)
-        notes = []
-        for side, s in (("etcd", es), ("cairn", cs)):
-            if not step_ok(s):
-                b = s.get("bench") or {}
-                notes.append("%s: rc=%s errors=%s%s%s" % (
-                    side, s["rc"], b.get("errors"),
-                    " missing=%s" % extra(b, "missing") if extra(b, "missing") else "",
-                    "" if s["servers_alive"] else " server died"))
-        watch = (eb or cb or {}).get("workload") == "watch"
-        metrics = [
-            ("events/s" if watch else "throughput", "throughput", primary_rate(eb), primary_rate(cb), "/s"),
-            ("delivery p99" if watch else "p99", "p99", primary_p99(eb), primary_p99(cb), "us"),
-        ]
-        if eb and cb and eb.get("workload") == "lease":
-            ek = (extra(eb, "keepalive") or {}).get("latency_us") or {}
-            ck = (extra(cb, "keepalive") or {}).get("latency_us") or {}
-            metrics.append(("keepalive p99", "ka_p99", ek.get("p99"), ck.get("p99"), "us"))
-        metrics += [
-            ("peak RSS", "rss", es["peak_rss_bytes"] / MiB, cs["peak_rss_bytes"] / MiB, "MiB"),
-            ("peak anon RSS", "anon", es["sampled_anon_max_bytes"] / MiB, cs["sampled_anon_max_bytes"] / MiB,
-             "MiB"),
-            ("disk", "disk", es["disk_bytes"] / MiB, cs["disk_bytes"] / MiB, "MiB"),
-            ("server CPU", "cpu", es["server_cpu_s"], cs["server_cpu_s"], "s"),
-        ]
-        for label, key, ev, cv, unit in metrics:
-            ratio = (cv / ev) if (ev and cv is not None) else None
-            goal = GOALS.get((wname, members, key))
-            if key == "rss":
-                goal = RSS_GOAL
-            passed = None
-            if goal and ratio is not None and valid:
-                passed = ratio >= goal[1] if goal[0] == ">=" else ratio <= goal[1]
-            rows.append({"workload": wname, "members": members, "step": sname, "metric": label,
-                         "key": key, "unit": unit, "etcd": ev, "cairn": cv, "ratio": ratio,
-                         "goal": ("%s %.2fx" % goal) if goal else None, "pass": passed,
-                         "valid": valid, "notes": "; ".join(notes) or None})
+        if len(prows) == 1:
+            rows += prows[0]
+            continue
+        for r in prows[0]:
+            same = [x for p in prows for x in p if x["key"] == r["key"]]
+            ratios = [x["ratio"] for x in same if x["ratio"] is not None]
+            row = dict(r)
+            row["etcd"] = median([x["etcd"] for x in same if x["etcd"] is not None])
+            row["cairn"] = median([x["cairn"] for x in same if x["cairn"] is not None])
+            row["ratio"] = median(ratios)
+            row["ratio_min"] = min(ratios) if ratios else None
+            row["ratio_max"] = max(ratios) if ratios else None
+            row["ratios"] = [x["ratio"] for x in same]
+            row["valid"] = all(x["valid"] for x in same)
+            row["notes"] = "; ".join(x["notes"] for x in same if x["notes"]) or None
+            goal = GOALS.get((wname, members, r["key"])) or (RSS_GOAL if r["key"] == "rss" else None)
+            row["pass"] = None
+            if goal and row["ratio"] is not None and row["valid"]:
+                row["pass"] = row["ratio"] >= goal[1] if goal[0] == ">=" else row["ratio"] <= goal[1]
+            rows.append(row)
+    return rows
+
+
+def compare_pass(wname, members, sname, sides):
+    """The rows of one pass: etcd's and Cairn's run of one step."""
+    rows = []
+    (_, es), (_, cs) = sides["etcd"], sides["cairn"]
+    eb, cb = es.get("bench"), cs.get("bench")
+    valid = step_ok(es) and step_ok(cs)
+    notes = []
+    for side, s in (("etcd", es), ("cairn", cs)):
+        if not step_ok(s):
+            b = s.get("bench") or {}
+            notes.append("%s: rc=%s errors=%s%s%s" % (
+                side, s["rc"], b.get("errors"),
+                " missing=%s" % extra(b, "missing") if extra(b, "missing") else "",
+                "" if s["servers_alive"] else " server died"))
+    watch = (eb or cb or {}).get("workload") == "watch"
+    metrics = [
+        ("events/s" if watch else "throughput", "throughput", primary_rate(eb), primary_rate(cb), "/s"),
+        ("delivery p99" if watch else "p99", "p99", primary_p99(eb), primary_p99(cb), "us"),
+    ]
+    if eb and cb and eb.get("workload") == "lease":
+        ek = (extra(eb, "keepalive") or {}).get("latency_us") or {}
+        ck = (extra(cb, "keepalive") or {}).get("latency_us") or {}
+        metrics.append(("keepalive p99", "ka_p99", ek.get("p99"), ck.get("p99"), "us"))
+    metrics += [
+        ("peak RSS", "rss", es["peak_rss_bytes"] / MiB, cs["peak_rss_bytes"] / MiB, "MiB"),
+        ("peak anon RSS", "anon", es["sampled_anon_max_bytes"] / MiB, cs["sampled_anon_max_bytes"] / MiB,
+         "MiB"),
+        ("disk", "disk", es["disk_bytes"] / MiB, cs["disk_bytes"] / MiB, "MiB"),
+        ("server CPU", "cpu", es["server_cpu_s"], cs["server_cpu_s"], "s"),
+    ]
+    for label, key, ev, cv, unit in metrics:
+        ratio = (cv / ev) if (ev and cv is not None) else None
+        goal = GOALS.get((wname, members, key))
+        if key == "rss":
+            goal = RSS_GOAL
+        passed = None
+        if goal and ratio is not None and valid:
+            passed = ratio >= goal[1] if goal[0] == ">=" else ratio <= goal[1]
+        rows.append({"workload": wname, "members": members, "step": sname, "metric": label,
+                     "key": key, "unit": unit, "etcd": ev, "cairn": cv, "ratio": ratio,
+                     "goal": ("%s %.2fx" % goal) if goal else None, "pass": passed,
+                     "valid": valid, "notes": "; ".join(notes) or None})
     return rows
 
 
@@ -602,6 +644,15 @@ def fmt(v, unit):
     return "%.0f" % v
 
 
+def ratio_text(r):
+    """The ratio, with the range over the passes when there were several."""
+    if r["ratio"] is None:
+        return "-"
+    if r.get("ratio_min") is not None and r.get("ratios") and len(r["ratios"]) > 1:
+        return "%.2f (%.2f-%.2f)" % (r["ratio"], r["ratio_min"], r["ratio_max"])
+    return "%.2f" % r["ratio"]
+
+
 def print_table(rows, out=sys.stdout):
     hdr = ("workload", "metric", "etcd", "cairn", "ratio", "goal", "pass")
     lines = []
@@ -610,7 +661,7 @@ def print_table(rows, out=sys.stdout):
                               "%s/%s" % (r["workload"], r["step"]), r["members"])
         lines.append((wname, "%s [%s]" % (r["metric"], r["unit"]), fmt(r["etcd"], r["unit"]),
                       fmt(r["cairn"], r["unit"]),
-                      "-" if r["ratio"] is None else "%.2f" % r["ratio"],
+                      ratio_text(r),
                       r["goal"] or "", "" if r["goal"] is None else
                       ("n/a" if r["pass"] is None else ("PASS" if r["pass"] else "FAIL"))))
     w = [max(len(str(x[i])) for x in lines + [hdr]) for i in range(len(hdr))]
@@ -627,8 +678,11 @@ def print_table(rows, out=sys.stdout):
 def markdown(rows, goals, srows, doc):
     """The tables of docs/performance.md, in Markdown: one line per workload
     (the figures compared), then the goals."""
-    out = ["Run of %s, Cairn %s, %s, %d CPUs, %.0f s in all.\n" % (
-        doc["started_utc"], doc["cairn_commit"], doc["etcd_version"], doc["host"]["cpus"], doc["elapsed_s"]),
+    passes = doc.get("settings", {}).get("repeat", 1)
+    out = ["Run of %s, Cairn %s, %s, %d CPUs, %.0f s in all%s.\n" % (
+        doc["started_utc"], doc["cairn_commit"], doc["etcd_version"], doc["host"]["cpus"], doc["elapsed_s"],
+        "" if passes == 1 else "; %d passes: figures are medians, ratios the median of the passes' "
+        "ratios (their range in parentheses)" % passes),
         "| workload | etcd /s | Cairn /s | ratio | etcd p99 ms | Cairn p99 ms | ratio | "
         "etcd peak RSS MiB | Cairn peak RSS MiB | ratio | anon RSS ratio | disk ratio | CPU ratio |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -644,6 +698,8 @@ def markdown(rows, goals, srows, doc):
             return "-"
         if field == "ratio":
             mark = "" if r["pass"] is None else " ✓" if r["pass"] else " ✗"
+            if r.get("ratios") and len(r["ratios"]) > 1 and r.get("ratio_min") is not None:
+                return "%.2f%s (%.2f–%.2f)" % (v, mark, r["ratio_min"], r["ratio_max"])
             return "%.2f%s" % (v, mark)
         return "%.*f" % (digits, v / scale)
     for name, m in by.items():
@@ -919,6 +975,9 @@ def main():
     ap.add_argument("--no-chart", action="store_true")
     ap.add_argument("--markdown", help="also write the tables in Markdown to this file")
     ap.add_argument("--keep", action="store_true", help="keep the data directories and logs")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="passes over the workloads (default 1): figures are the medians of the "
+                         "passes, ratios the median of the passes' ratios with their range")
     ap.add_argument("--report", metavar="JSON",
                     help="run nothing: print the tables of a results file again (and its chart into --out "
                          "unless --no-chart, its Markdown with --markdown)")
@@ -946,6 +1005,9 @@ def main():
                 " (apt-get install etcd-server etcd-client)"))
             return 2
 
+    if a.repeat < 1 or (a.scale and a.repeat > 1):
+        sys.stderr.write("compare.py: --repeat must be at least 1, and 1 with --scale\n")
+        return 2
     mode_name = "smoke" if a.smoke else "scale" if a.scale else "default"
     plan = smoke_plan(a) if a.smoke else scale_plan(a) if a.scale else default_plan(a)
     if a.only:
@@ -969,14 +1031,17 @@ def main():
     runs = []
     rc = 0
     try:
-        log("mode %s: %d workloads x 2 servers, %g s each, data under %s" % (
-            mode_name, len(plan), a.duration, tmp))
+        log("mode %s: %d workloads x 2 servers%s, %g s each, data under %s" % (
+            mode_name, len(plan), " x %d passes" % a.repeat if a.repeat > 1 else "", a.duration, tmp))
         # etcd, cairn, etcd, cairn...: both sides of a workload back to back,
-        # so that slow drift of the machine hits both alike.
-        for i, w in enumerate(plan):
-            order = ("etcd", "cairn") if i % 2 == 0 else ("cairn", "etcd")
-            for kind in order:
-                runs.append(runner.run_workload(w, kind))
+        # so that slow drift of the machine hits both alike; which goes first
+        # alternates by workload and by pass.
+        for rep in range(a.repeat):
+            runner.repeat = rep
+            for i, w in enumerate(plan):
+                order = ("etcd", "cairn") if (i + rep) % 2 == 0 else ("cairn", "etcd")
+                for kind in order:
+                    runs.append(runner.run_workload(w, kind))
     except KeyboardInterrupt:
         log("interrupted: stopping the servers")
         runner.stop_all()
@@ -1001,7 +1066,8 @@ def main():
         "cairn_commit": git_commit(),
         "etcd_version": tool_version([a.etcd, "--version"]),
         "settings": dict(runner.settings, duration_s=a.duration, clients=a.clients, conns=a.conns,
-                         fresh_servers="per workload", order="alternating etcd/cairn per workload"),
+                         fresh_servers="per workload", order="alternating etcd/cairn per workload",
+                         repeat=a.repeat),
         "goals": goal_summary(rows),
         "comparisons": rows,
         "scale": srows,

@@ -5,7 +5,7 @@
 # then range), drives them with cairn-bench for 2 s each, and writes its JSON
 # (and a PNG when gnuplot is installed) into this test's directory. The checks
 # are on the shape and the sanity of the results, never on timings or ratios.
-# Runs against both servers whatever CAIRN_TEST_SERVER says; < 40 s.
+# Runs against both servers whatever CAIRN_TEST_SERVER says; --repeat 2 of put as well; < 60 s.
 source "$(dirname "$0")/lib.sh"
 
 bench_bin="$IT_BUILD/cairn-bench"
@@ -65,6 +65,33 @@ need(any(g["goal"].startswith("peak RSS") for g in d["goals"]), "the RSS goal")
 print("ok")
 PY
 assert_eq 0 "$IT_RC" "JSON check ($(cat "$IT_TMP/out"))"
+
+it_case "--repeat 2: both passes recorded, medians and ranges of the ratios"
+out2="$IT_TMP/results2"
+it_run /usr/bin/python3 "$IT_DIR/../../bench/compare.py" --smoke --only put --repeat 2 --no-chart \
+  --build "$IT_BUILD" --out "$out2" --tmp "$IT_TMP"
+assert_eq 0 "$IT_RC" "exit code of compare.py --smoke --repeat 2"
+it_run /usr/bin/python3 - "$out2/smoke-latest.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+def need(cond, what):
+    if not cond:
+        print("bad results: " + what)
+        sys.exit(1)
+need(d["settings"]["repeat"] == 2, "settings.repeat")
+need(sorted((r["server"], r["repeat"]) for r in d["runs"]) ==
+     [("cairn", 0), ("cairn", 1), ("etcd", 0), ("etcd", 1)], "one run per server per pass")
+for r in d["comparisons"]:
+    if r["key"] in ("throughput", "p99", "rss"):
+        rs = r["ratios"]
+        need(len(rs) == 2 and all(x > 0 for x in rs), "two ratios for %s" % r["key"])
+        need(abs(r["ratio"] - (rs[0] + rs[1]) / 2) < 1e-9, "median of two ratios for %s" % r["key"])
+        need(r["ratio_min"] == min(rs) and r["ratio_max"] == max(rs), "range for %s" % r["key"])
+print("ok")
+PY
+assert_eq 0 "$IT_RC" "JSON check of --repeat 2 ($(cat "$IT_TMP/out"))"
+it_run /usr/bin/python3 "$IT_DIR/../../bench/compare.py" --scale --repeat 2 --build "$IT_BUILD"
+assert_eq 2 "$IT_RC" "--repeat 2 with --scale is refused"
 
 it_case "the chart"
 if command -v gnuplot >/dev/null; then
