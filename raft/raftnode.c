@@ -348,37 +348,12 @@ static void on_fsm_op(void *ctx, const struct mvcc_op *op, const struct mvcc_res
   }
 }
 
-static void on_writeback(void *data, int64_t result) {
-  raftnode *n = data;
-  n->wb_inflight = false;
-  if (result < 0) {
-    /* Not a durability point: the next checkpoint's fsync reports errors. */
-    fprintf(stderr, "cairn: raft: write-back of the store: %s\n", strerror((int)-result));
-  }
-}
-
-/* After an applied batch: start writing back what LMDB committed to the page
- * cache, so that the next checkpoint finds little dirty (checkpoint.h). */
-static void writeback_kick(raftnode *n) {
-  uint64_t now = uv_now(n->loop);
-  if (n->wb_inflight || n->state != NODE_RUNNING || n->put.pending ||
-      now - n->wb_last_ms < RAFTNODE_WRITEBACK_MS) {
-    return;
-  }
-  if (checkpoint_writeback(n->store, n->fio, n, on_writeback) == 0) {
-    n->wb_inflight = true;
-    n->wb_last_ms = now;
-    n->writebacks++;
-  }
-}
-
 static void on_fsm_batch(void *ctx, double seconds, size_t entries) {
   raftnode *n = ctx;
   (void)entries;
   if (n->apply_time_cb != NULL) {
     n->apply_time_cb(n->apply_time_data, seconds);
   }
-  writeback_kick(n);
 }
 
 void raftnode_on_op_applied(raftnode *n,
@@ -427,7 +402,6 @@ void raftnode_status(const raftnode *n, struct raftnode_status *out) {
   out->is_leader = raft_state(n->r) == RAFT_LEADER;
   out->apply_error = n->fsm.apply_error;
   out->apply_batches = n->fsm.batches;
-  out->store_writebacks = n->writebacks;
 }
 
 /* ---- the snapshot gate ---------------------------------------------------- */

@@ -48,10 +48,6 @@ struct raftnode_member {
  * settings really truncate the log). A follower further behind is sent the
  * snapshot and fetches a store (raftnode_on_store_needed). */
 #define RAFTNODE_SNAPSHOT_TRAILING 5000u
-/* Between checkpoints, the store's data file is written back (not synced)
- * after applied batches, one write-back at a time and at most one per this
- * many milliseconds (checkpoint_writeback in storage/checkpoint.h). */
-#define RAFTNODE_WRITEBACK_MS 20u
 
 struct raftnode_options {
   const char *name;     /* this member's name (--name) */
@@ -144,7 +140,6 @@ struct raftnode_status {
   uint64_t applied_index;
   bool is_leader;
   uint64_t apply_batches; /* LMDB transactions that applied raft entries */
-  uint64_t store_writebacks; /* write-backs of the store's data file started */
   int apply_error; /* 0, or the CAIRN_E* code that halted the state machine */
   /* The store is behind raft's snapshot (raftnode_on_store_needed): it holds
    * an older state and applies nothing until a store is fetched, or it is
@@ -177,10 +172,9 @@ typedef void (*raftnode_store_needed_cb)(void *data, uint64_t index, uint64_t te
 void raftnode_on_store_needed(raftnode *n, raftnode_store_needed_cb cb, void *data);
 
 /* Whether raft's snapshot gate has a checkpoint of the store in flight (an
- * installed snapshot is made durable that way too), or a write-back of its
- * data file: mvcc_replace() and mvcc_defrag() must wait until this is false
- * (they change the data file under those), as for the owner's own
- * checkpoints. */
+ * installed snapshot is made durable that way too): mvcc_replace() and
+ * mvcc_defrag() must wait until this is false (they change the data file
+ * under a checkpoint), as for the owner's own checkpoints. */
 bool raftnode_store_busy(const raftnode *n);
 
 /* After mvcc_replace() of the store given to raftnode_start (no checkpoint of

@@ -98,12 +98,6 @@ struct raftnode {
   bool notify_pending;
   int64_t notify_revision;
 
-  /* Write-back of the store's data file between checkpoints (one at a
-   * time, at most one per RAFTNODE_WRITEBACK_MS, after applied batches). */
-  bool wb_inflight;
-  uint64_t wb_last_ms;
-  uint64_t writebacks;
-
   /* The snapshot gate: raft's snapshot_put, held until a checkpoint made the
    * store durable up to the snapshot. */
   snapshot_put_fn snapshot_put;

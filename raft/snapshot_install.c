@@ -77,7 +77,7 @@ int raftnode_store_replaced(raftnode *n) {
 
 bool raftnode_store_busy(const raftnode *n) {
   CAIRN_ASSERT(n != NULL);
-  return n->put.pending || n->wb_inflight;
+  return n->put.pending;
 }
 
 bool raftnode_store_behind(const raftnode *n) {

@@ -67,15 +67,6 @@ static void on_step(void *data, int64_t result) {
   }
 }
 
-int checkpoint_writeback(mvcc_store *s, fileio *f, void *data, fileio_cb cb) {
-  CAIRN_ASSERT(s != NULL && f != NULL && cb != NULL);
-  int fd = mvcc_fd(s);
-  if (fd < 0) {
-    return CAIRN_EIO;
-  }
-  return fileio_writeback(f, fd, data, cb);
-}
-
 int checkpoint_start(mvcc_store *s, fileio *f, void *data, checkpoint_cb cb) {
   CAIRN_ASSERT(s != NULL && f != NULL && cb != NULL);
   int fd = mvcc_fd(s);

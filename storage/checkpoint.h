@@ -43,14 +43,4 @@ typedef void (*checkpoint_cb)(void *data, int status, uint64_t durable_index,
  * data file descriptor). */
 int checkpoint_start(mvcc_store *s, fileio *f, void *data, checkpoint_cb cb);
 
-/* Starts writing back the data file's dirty pages (fileio_writeback): not a
- * durability point, it only leaves less for the next checkpoint's fsync.
- * LMDB commits (MDB_NOSYNC) into the page cache; a checkpoint that finds
- * tens of MiB dirty keeps the disk and ext4's journal busy long enough that
- * the loop's next commits wait in pwrite for milliseconds. Written back a
- * little at a time, the fsync has little left. The same lifetime rule as
- * for checkpoints holds until cb runs. Errors: those of fileio_writeback,
- * CAIRN_EIO (no data file descriptor). */
-int checkpoint_writeback(mvcc_store *s, fileio *f, void *data, fileio_cb cb);
-
 #endif

@@ -136,10 +136,6 @@ int fileio_fsync(fileio *f, int fd, bool datasync, void *data, fileio_cb cb) {
   return submit(f, FILEIO_OP_FSYNC, fd, NULL, 0, 0, datasync, data, cb);
 }
 
-int fileio_writeback(fileio *f, int fd, void *data, fileio_cb cb) {
-  return submit(f, FILEIO_OP_WRITEBACK, fd, NULL, 0, 0, false, data, cb);
-}
-
 /* Once draining and idle, the backend may go. */
 static void maybe_finish_close(fileio *f) {
   if (f->state == FILEIO_DRAINING && f->inflight == 0) {

@@ -87,13 +87,6 @@ int fileio_write(fileio *f, int fd, const void *buf, size_t len, uint64_t offset
  * Errors: CAIRN_EBUSY, CAIRN_ESTOPPED. */
 int fileio_fsync(fileio *f, int fd, bool datasync, void *data, fileio_cb cb);
 
-/* Starts writing back fd's dirty pages to the device and returns when they
- * are under way, without waiting for them or for the device's cache
- * (sync_file_range with SYNC_FILE_RANGE_WRITE over the whole file). It makes
- * no promise of durability: it leaves less for a later fsync to write.
- * Errors: CAIRN_EBUSY, CAIRN_ESTOPPED. */
-int fileio_writeback(fileio *f, int fd, void *data, fileio_cb cb);
-
 /* Closes f: new operations are refused with CAIRN_ESTOPPED from now on, the
  * ones in flight complete and their callbacks run with their real results,
  * then the backend's handles are closed and close_cb(data) runs on the loop

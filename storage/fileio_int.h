@@ -14,7 +14,7 @@
 
 #include "fileio.h"
 
-enum fileio_op_type { FILEIO_OP_READ = 1, FILEIO_OP_WRITE, FILEIO_OP_FSYNC, FILEIO_OP_WRITEBACK };
+enum fileio_op_type { FILEIO_OP_READ = 1, FILEIO_OP_WRITE, FILEIO_OP_FSYNC };
 
 /* One operation slot. fileio.c fills it; the backend only reads it. */
 struct fileio_op {

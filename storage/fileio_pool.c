@@ -5,7 +5,6 @@
  * UV_THREADPOOL_SIZE threads (4 by default); fileio's own bound
  * (FILEIO_INFLIGHT_MAX) caps what one fileio queues on it. */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -57,11 +56,6 @@ static void work(uv_work_t *req) {
     case FILEIO_OP_FSYNC:
       do {
         n = op->datasync ? fdatasync(op->fd) : fsync(op->fd);
-      } while (n < 0 && errno == EINTR);
-      break;
-    case FILEIO_OP_WRITEBACK:
-      do {
-        n = sync_file_range(op->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
       } while (n < 0 && errno == EINTR);
       break;
   }

@@ -13,7 +13,6 @@
  * in it are then resubmitted by a retry timer, and a new operation that finds
  * the SQ full is refused with CAIRN_EBUSY. */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,9 +151,6 @@ static int uring_submit(void *state, struct fileio_op *op) {
       break;
     case FILEIO_OP_FSYNC:
       io_uring_prep_fsync(sqe, op->fd, op->datasync ? IORING_FSYNC_DATASYNC : 0);
-      break;
-    case FILEIO_OP_WRITEBACK:
-      io_uring_prep_sync_file_range(sqe, op->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
       break;
   }
   io_uring_sqe_set_data(sqe, op);

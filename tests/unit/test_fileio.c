@@ -428,44 +428,6 @@ static void test_errors(void) {
   close_fio(f);
 }
 
-/* Write-back of a file's dirty pages: done for a file, refused as the
- * kernel refuses sync_file_range for a bad descriptor and a pipe. */
-static void test_writeback(void) {
-  fileio *f = open_fio();
-  int fd = open_tmp("wb", O_RDWR | O_CREAT | O_TRUNC);
-  static uint8_t big[1 << 20];
-  fill_random(big, sizeof big);
-  struct rec w = {0}, wb = {0}, bad = {0}, pipe_wb = {0}, s = {0};
-  CHECK_OK(fileio_write(f, fd, big, sizeof big, 0, &w, on_done));
-  run_loop();
-  CHECK_EQ_INT(w.result, (int64_t)sizeof big);
-  int pipefd[2];
-  CHECK(pipe(pipefd) == 0);
-  CHECK_OK(fileio_writeback(f, fd, &wb, on_done));
-  CHECK_OK(fileio_writeback(f, -1, &bad, on_done));
-  CHECK_OK(fileio_writeback(f, pipefd[0], &pipe_wb, on_done));
-  CHECK_EQ_INT(fileio_inflight(f), 3);
-  run_loop();
-  CHECK_EQ_INT(wb.calls, 1);
-  CHECK_EQ_INT(wb.result, 0);
-  CHECK_EQ_INT(bad.result, -EBADF);
-  CHECK_EQ_INT(pipe_wb.result, -ESPIPE);
-  /* the data is still the file's, and an fsync after it succeeds */
-  CHECK_OK(fileio_fsync(f, fd, true, &s, on_done));
-  run_loop();
-  CHECK_EQ_INT(s.result, 0);
-  static uint8_t back[1 << 20];
-  struct rec r = {0};
-  CHECK_OK(fileio_read(f, fd, back, sizeof back, 0, &r, on_done));
-  run_loop();
-  CHECK_EQ_INT(r.result, (int64_t)sizeof back);
-  CHECK(memcmp(big, back, sizeof big) == 0);
-  close(pipefd[0]);
-  close(pipefd[1]);
-  close(fd);
-  close_fio(f);
-}
-
 /* A file size limit makes the kernel cut a write short: the short count is
  * reported as it is, and the next write fails with EFBIG. */
 static void test_short_write(void) {
@@ -500,7 +462,6 @@ static void run_pass(unsigned flags, bool uring) {
   mode_uring = uring;
   printf(" backend: %s\n", uring ? "io_uring" : "thread pool");
   TEST_RUN(test_basic);
-  TEST_RUN(test_writeback);
   TEST_RUN(test_concurrent);
   TEST_RUN(test_bound);
   TEST_RUN(test_chain_at_bound);

@@ -618,12 +618,6 @@ static void test_inflight(void) {
   raftnode_status(m->node, &st);
   printf("    %zu entries in %" PRIu64 " LMDB transactions\n", n, st.apply_batches);
   CHECK(st.apply_batches > 0 && st.apply_batches < n / 4);
-  /* Between checkpoints the data file is written back after applied
-   * batches, at most once per RAFTNODE_WRITEBACK_MS. */
-  uint64_t elapsed = now_ms() - t0;
-  printf("    %" PRIu64 " write-backs of the store\n", st.store_writebacks);
-  CHECK(st.store_writebacks >= 1);
-  CHECK(st.store_writebacks <= 2 + (elapsed + 100) / RAFTNODE_WRITEBACK_MS);
   /* The op listener saw every applied op; the batches took some time. */
   CHECK_EQ_INT(ops_seen, n);
   CHECK(apply_seconds > 0);
