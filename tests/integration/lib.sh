@@ -386,6 +386,25 @@ b64() { printf '%s' "$1" | base64 -w0; }
 
 # Prints N distinct free TCP ports on 127.0.0.1 (bound to port 0 by the kernel,
 # then released: good enough for tests that run serially).
+# Makes in directory $1 a CA (ca.crt/key), a server certificate for
+# 127.0.0.1 (server.crt/key) and a client certificate (client.crt/key), all
+# signed by the CA, with openssl; valid for 2 days.
+it_make_pki() {
+  (
+    cd "$1" &&
+      openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=cairn-test-ca" \
+        -keyout ca.key -out ca.crt &&
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=server" -keyout server.key -out server.csr &&
+      printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext &&
+      openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+        -extfile server.ext -out server.crt &&
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=client" -keyout client.key -out client.csr &&
+      printf 'extendedKeyUsage=clientAuth\n' >client.ext &&
+      openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+        -extfile client.ext -out client.crt
+  )
+}
+
 it_free_ports() {
   "$IT_PYTHON" -c '
 import socket, sys

@@ -22,14 +22,21 @@ grep -q '^workload  *metric  *etcd  *cairn  *ratio  *goal  *pass' "$IT_TMP/out" 
 [[ -s "$out/smoke-latest.json" ]] || it_fail "no $out/smoke-latest.json"
 ls "$out"/smoke-2*.json >/dev/null 2>&1 || it_fail "no timestamped JSON in $out"
 
-it_case "the JSON holds both servers, every metric, and sane figures"
-it_run /usr/bin/python3 - "$out/smoke-latest.json" <<'PY'
+# The checks below share this: the results file (argv[1]) and need().
+cat >"$IT_TMP/results_check.py" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 def need(cond, what):
     if not cond:
         print("bad results: " + what)
         sys.exit(1)
+PY
+
+it_case "the JSON holds both servers, every metric, and sane figures"
+it_run /usr/bin/python3 - "$out/smoke-latest.json" "$IT_TMP" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[2])
+from results_check import d, need
 need(d.get("tool") == "cairn-compare" and d.get("mode") == "smoke", "tool/mode")
 runs = d["runs"]
 need(sorted((r["workload"], r["server"]) for r in runs) ==
@@ -71,13 +78,10 @@ out2="$IT_TMP/results2"
 it_run /usr/bin/python3 "$IT_DIR/../../bench/compare.py" --smoke --only put --repeat 2 --no-chart \
   --build "$IT_BUILD" --out "$out2" --tmp "$IT_TMP"
 assert_eq 0 "$IT_RC" "exit code of compare.py --smoke --repeat 2"
-it_run /usr/bin/python3 - "$out2/smoke-latest.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-def need(cond, what):
-    if not cond:
-        print("bad results: " + what)
-        sys.exit(1)
+it_run /usr/bin/python3 - "$out2/smoke-latest.json" "$IT_TMP" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[2])
+from results_check import d, need
 need(d["settings"]["repeat"] == 2, "settings.repeat")
 need(sorted((r["server"], r["repeat"]) for r in d["runs"]) ==
      [("cairn", 0), ("cairn", 1), ("etcd", 0), ("etcd", 1)], "one run per server per pass")

@@ -227,19 +227,7 @@ duo() {
 it_case "TLS: certificates for a CA, the server (127.0.0.1) and a client (in the background)"
 pki=$IT_TMP/pki
 mkdir -p "$pki"
-(
-  cd "$pki" &&
-    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=cairn-test-ca" \
-      -keyout ca.key -out ca.crt &&
-    openssl req -newkey rsa:2048 -nodes -subj "/CN=server" -keyout server.key -out server.csr &&
-    printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext &&
-    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
-      -extfile server.ext -out server.crt &&
-    openssl req -newkey rsa:2048 -nodes -subj "/CN=client" -keyout client.key -out client.csr &&
-    printf 'extendedKeyUsage=clientAuth\n' >client.ext &&
-    openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
-      -extfile client.ext -out client.crt
-) >"$IT_TMP/openssl.log" 2>&1 &
+it_make_pki "$pki" >"$IT_TMP/openssl.log" 2>&1 &
 CERT_PID=$!
 
 tls_start() { # name bin cport pport
