@@ -6,7 +6,8 @@
 # goes to all three; their stdout, the last line of stderr and the exit
 # code must agree once what differs by nature is normalised (cluster and
 # member IDs, ports, lease IDs, raft terms). Each server gets the same
-# writes, so revisions stay equal. Ports: 36300-36399.
+# writes, so revisions stay equal. Ports: 36300-36399 (the TLS servers: any
+# free ports).
 #
 #   bash tests/integration/test_cairnctl.sh <build-dir>
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" "$@"
@@ -246,8 +247,11 @@ it_case "start etcd A, etcd B and cairn (and the TLS servers of the last case)"
 for i in 0 1 2; do srv_start "$i"; done
 for i in 0 1 2; do srv_ready "$i"; done
 wait "$CERT_PID" || it_fail "openssl failed: $(tail -5 "$IT_TMP/openssl.log")"
-tls_start cairn "$CAIRN_BIN" 36330 36331
-tls_start etcd "$IT_ETCD_BIN" 36340 36341
+# Ports the kernel says are free: fixed ones in the ephemeral range were once
+# taken by another test's client connection (bind: address already in use).
+read -r TLS_CP_CAIRN TLS_PP_CAIRN TLS_CP_ETCD TLS_PP_ETCD <<<"$(it_free_ports 4)"
+tls_start cairn "$CAIRN_BIN" "$TLS_CP_CAIRN" "$TLS_PP_CAIRN"
+tls_start etcd "$IT_ETCD_BIN" "$TLS_CP_ETCD" "$TLS_PP_ETCD"
 tri_ok get foo </dev/null
 
 # ---------------------------------------------------------------- kv
@@ -746,7 +750,7 @@ assert_err_has '^Error: '
 it_case "TLS: cairnctl against cairn and etcd with client certificates"
 # (The certificates were made and the two TLS servers started with the
 # others, at the beginning.)
-for port in 36330 36340; do
+for port in "$TLS_CP_CAIRN" "$TLS_CP_ETCD"; do
   tls=(--cacert="$pki/ca.crt" --cert="$pki/client.crt" --key="$pki/client.key")
   it_wait_for 30 "'$IT_ETCDCTL' --endpoints=https://127.0.0.1:$port ${tls[*]} --dial-timeout=1s --command-timeout=1s endpoint health >/dev/null 2>&1" ||
     it_fail "the TLS server on $port was not ready"
