@@ -1,6 +1,7 @@
 /* raft/raftnode.c: a member's raft on libuv, proposals and their outcomes,
  * the snapshot durability gate, and a clean stop. See docs/raft.md. */
 #include "raftnode.h"
+#include "raftlog.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -687,6 +688,11 @@ int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_opt
     goto err_after_transport;
   }
   raft_uv_set_connect_retry_delay(&n->io, heartbeat);
+  rc = raftlog_install(&n->io, loop, dir, &n->log);
+  if (rc != 0) {
+    rv = rc == CAIRN_ECORRUPT ? RAFT_CORRUPT : rc == CAIRN_ENOMEM ? RAFT_NOMEM : RAFT_IOERR;
+    goto err_after_uv;
+  }
   n->snapshot_put = n->io.snapshot_put;
   n->io.snapshot_put = snapshot_put_gated;
   n->append = n->io.append;
@@ -753,6 +759,8 @@ int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_opt
   return 0;
 
 err_after_io:
+  raftlog_abort(n->log);
+err_after_uv:
   raft_uv_close(&n->io);
 err_after_transport:
   raft_uv_tcp_close(&n->transport);

@@ -60,6 +60,7 @@ struct raftnode {
   struct raft raft;
   struct raft *r; /* &raft, reachable through a const raftnode */
   struct raft_io io;
+  struct raftlog *log; /* io's log (raftlog.c); closes with io */
   struct raft_uv_transport transport;
   struct fsm fsm;
   fileio *fio; /* checkpoints */

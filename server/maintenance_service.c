@@ -44,6 +44,7 @@
 #include <unistd.h>
 
 #include "common/cairn_assert.h"
+#include "common/crc32c.h"
 #include "server/metrics.h"
 #include "server/server.h"
 #include "storage/snapshot_stream.h"
@@ -88,89 +89,6 @@
 
 /* Temporary export files, under --data-dir; emptied at start. */
 #define MAINT_TMP_DIR "member/maintenance.tmp"
-
-/* ---- CRC-32C (Castagnoli), as Go's hash/crc32 with MakeTable(Castagnoli) --- */
-
-#define CRC32C_POLY 0x82F63B78u /* reflected */
-
-/* Filled once by maintenance_service_init(), before any thread reads them;
- * read-only afterwards. */
-static uint32_t crc32c_table[8][256];
-static uint32_t crc32c_x2n[32]; /* x^(2^n) mod P */
-
-static void crc32c_init(void) {
-  for (uint32_t i = 0; i < 256; i++) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; k++) {
-      c = c & 1 ? (c >> 1) ^ CRC32C_POLY : c >> 1;
-    }
-    crc32c_table[0][i] = c;
-  }
-  for (uint32_t i = 0; i < 256; i++) {
-    for (int t = 1; t < 8; t++) {
-      uint32_t prev = crc32c_table[t - 1][i];
-      crc32c_table[t][i] = (prev >> 8) ^ crc32c_table[0][prev & 0xff];
-    }
-  }
-}
-
-/* crc continues a CRC-32C (0 to start), as Go's crc32.Update. */
-static uint32_t crc32c_update(uint32_t crc, const uint8_t *p, size_t n) {
-  crc = ~crc;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-  while (n >= 8) {
-    uint64_t w;
-    memcpy(&w, p, 8);
-    w ^= crc;
-    crc = crc32c_table[7][w & 0xff] ^ crc32c_table[6][(w >> 8) & 0xff] ^
-          crc32c_table[5][(w >> 16) & 0xff] ^ crc32c_table[4][(w >> 24) & 0xff] ^
-          crc32c_table[3][(w >> 32) & 0xff] ^ crc32c_table[2][(w >> 40) & 0xff] ^
-          crc32c_table[1][(w >> 48) & 0xff] ^ crc32c_table[0][w >> 56];
-    p += 8;
-    n -= 8;
-  }
-#endif
-  while (n-- > 0) {
-    crc = crc32c_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
-  }
-  return ~crc;
-}
-
-/* a * b modulo the polynomial (zlib's multmodp, reflected bit order). */
-static uint32_t crc32c_multmodp(uint32_t a, uint32_t b) {
-  uint32_t m = 1u << 31, p = 0;
-  for (;;) {
-    if (a & m) {
-      p ^= b;
-      if ((a & (m - 1)) == 0) {
-        break;
-      }
-    }
-    m >>= 1;
-    b = b & 1 ? (b >> 1) ^ CRC32C_POLY : b >> 1;
-  }
-  return p;
-}
-
-static void crc32c_combine_init(void) {
-  uint32_t p = 1u << 30; /* x^1 */
-  crc32c_x2n[0] = p;
-  for (int n = 1; n < 32; n++) {
-    crc32c_x2n[n] = p = crc32c_multmodp(p, p);
-  }
-}
-
-/* The CRC of A||B from crc(A), crc(B) and len(B) (zlib's crc32_combine). */
-static uint32_t crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
-  uint32_t p = 1u << 31; /* x^0 */
-  unsigned k = 3;        /* bytes: x^(8 len) */
-  for (uint64_t n = len_b; n != 0; n >>= 1, k++) {
-    if (n & 1) {
-      p = crc32c_multmodp(crc32c_x2n[k & 31], p);
-    }
-  }
-  return crc32c_multmodp(p, crc_a) ^ crc_b;
-}
 
 /* ---- module state --------------------------------------------------------- */
 
@@ -1515,8 +1433,6 @@ static int tmp_dir_prepare(struct server *s) {
 int maintenance_service_init(struct server *s) {
   CAIRN_ASSERT(ms.s == NULL); /* one server per process */
   ms.s = s;
-  crc32c_init();
-  crc32c_combine_init();
   int rc = tmp_dir_prepare(s);
   if (rc != 0) {
     return rc;
