@@ -91,7 +91,7 @@ int checkpoint_start(mvcc_store *s, fileio *f, void *data, checkpoint_cb cb) {
   c->cb = cb;
   /* fdatasync suffices: it also flushes the file size when the file grew,
    * which is all the metadata LMDB needs to read its pages back. */
-  int rc = fileio_fsync(f, fd, true, c, on_step);
+  int rc = fileio_fsync_paced(f, fd, c, on_step);
   if (rc != 0) {
     free(c);
     return rc;

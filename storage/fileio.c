@@ -2,8 +2,12 @@
  * the bounded slot array, backend choice and the close sequence. */
 #include "fileio.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../common/cairn_assert.h"
 #include "fileio_int.h"
@@ -85,6 +89,42 @@ unsigned fileio_inflight(const fileio *f) {
   return f->inflight;
 }
 
+/* FSYNC_PACED, on a pool thread: the write-back a range at a time, then
+ * fdatasync. The result goes in op->offset's place: len is unused. */
+static void paced_work(uv_work_t *w) {
+  struct fileio_op *op = w->data;
+  struct stat st;
+  int64_t result = 0;
+  if (fstat(op->fd, &st) != 0) {
+    result = -(int64_t)errno;
+  }
+  for (off_t off = 0; result == 0 && off < st.st_size; off += FILEIO_PACE_BYTES) {
+    int n;
+    do {
+      n = sync_file_range(op->fd, off, FILEIO_PACE_BYTES,
+                          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                              SYNC_FILE_RANGE_WAIT_AFTER);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      result = -(int64_t)errno;
+    }
+  }
+  if (result == 0) {
+    int n;
+    do {
+      n = fdatasync(op->fd);
+    } while (n < 0 && errno == EINTR);
+    result = n < 0 ? -(int64_t)errno : 0;
+  }
+  op->paced_result = result;
+}
+
+static void paced_after(uv_work_t *w, int status) {
+  struct fileio_op *op = w->data;
+  CAIRN_ASSERT(status == 0); /* never canceled */
+  fileio_complete(op, op->paced_result);
+}
+
 /* Takes a slot and hands it to the backend. */
 static int submit(fileio *f, enum fileio_op_type type, int fd, void *buf, size_t len,
                   uint64_t offset, bool datasync, void *data, fileio_cb cb) {
@@ -108,7 +148,13 @@ static int submit(fileio *f, enum fileio_op_type type, int fd, void *buf, size_t
   op->datasync = datasync;
   op->data = data;
   op->cb = cb;
-  int rc = f->backend->submit(f->backend_state, op);
+  int rc;
+  if (type == FILEIO_OP_FSYNC_PACED) {
+    op->work.data = op;
+    rc = uv_queue_work(f->loop, &op->work, paced_work, paced_after) == 0 ? 0 : CAIRN_EIO;
+  } else {
+    rc = f->backend->submit(f->backend_state, op);
+  }
   if (rc != 0) {
     return rc;
   }
@@ -134,6 +180,10 @@ int fileio_write(fileio *f, int fd, const void *buf, size_t len, uint64_t offset
 
 int fileio_fsync(fileio *f, int fd, bool datasync, void *data, fileio_cb cb) {
   return submit(f, FILEIO_OP_FSYNC, fd, NULL, 0, 0, datasync, data, cb);
+}
+
+int fileio_fsync_paced(fileio *f, int fd, void *data, fileio_cb cb) {
+  return submit(f, FILEIO_OP_FSYNC_PACED, fd, NULL, 0, 0, true, data, cb);
 }
 
 /* Once draining and idle, the backend may go. */

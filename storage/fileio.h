@@ -87,6 +87,19 @@ int fileio_write(fileio *f, int fd, const void *buf, size_t len, uint64_t offset
  * Errors: CAIRN_EBUSY, CAIRN_ESTOPPED. */
 int fileio_fsync(fileio *f, int fd, bool datasync, void *data, fileio_cb cb);
 
+/* Write-back step of fileio_fsync_paced(). */
+#define FILEIO_PACE_BYTES (256u << 10)
+
+/* fdatasync(fd), after writing the file's dirty pages back one
+ * FILEIO_PACE_BYTES range at a time, waiting for each range
+ * (sync_file_range), so that a large sync never queues more than one range
+ * on the device ahead of other writers (the raft log's synchronous writes,
+ * which otherwise wait behind the whole burst). Pages dirtied again while
+ * it runs are written by the final fdatasync, so it covers what fsync
+ * would. Runs on the libuv thread pool whichever the backend. Same result
+ * and errors as fileio_fsync(). */
+int fileio_fsync_paced(fileio *f, int fd, void *data, fileio_cb cb);
+
 /* Closes f: new operations are refused with CAIRN_ESTOPPED from now on, the
  * ones in flight complete and their callbacks run with their real results,
  * then the backend's handles are closed and close_cb(data) runs on the loop

@@ -14,7 +14,7 @@
 
 #include "fileio.h"
 
-enum fileio_op_type { FILEIO_OP_READ = 1, FILEIO_OP_WRITE, FILEIO_OP_FSYNC };
+enum fileio_op_type { FILEIO_OP_READ = 1, FILEIO_OP_WRITE, FILEIO_OP_FSYNC, FILEIO_OP_FSYNC_PACED };
 
 /* One operation slot. fileio.c fills it; the backend only reads it. */
 struct fileio_op {
@@ -30,6 +30,8 @@ struct fileio_op {
   void *data;
   fileio_cb cb;
   struct fileio_op *next_free;
+  uv_work_t work;       /* FSYNC_PACED: run by fileio.c on the thread pool */
+  int64_t paced_result; /* FSYNC_PACED: set on the pool thread */
 };
 
 struct fileio_backend {

@@ -58,6 +58,9 @@ static void work(uv_work_t *req) {
         n = op->datasync ? fdatasync(op->fd) : fsync(op->fd);
       } while (n < 0 && errno == EINTR);
       break;
+    case FILEIO_OP_FSYNC_PACED: /* fileio.c runs these */
+      CAIRN_ASSERT(false);
+      break;
   }
   w->result = n < 0 ? -(int64_t)errno : (int64_t)n;
 }
