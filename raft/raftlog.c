@@ -293,7 +293,9 @@ struct put {
 static void on_put(struct raft_io_snapshot_put *req, int status) {
   struct put *p = req->data;
   raftlog *l = p->l;
-  if (status == 0 && p->trailing == 0) {
+  if (l->w == NULL) { /* closing: libraft finished a put after the log closed */
+    status = status == 0 ? RAFT_CANCELED : status;
+  } else if (status == 0 && p->trailing == 0) {
     /* An installed snapshot replaces the log; the snapshot is durable now. */
     if (wal_reset(l->w, p->index + 1) != 0) {
       status = RAFT_IOERR;
@@ -353,13 +355,19 @@ static int rl_snapshot_put(struct raft_io *io, unsigned trailing, struct raft_io
   return rv;
 }
 
-static void on_wal_closed(void *data) {
-  raftlog *l = data;
-  struct raft_io *io = l->io;
-  close_fn close = l->close;
+/* libraft's close has finished (its snapshot writes included, whose
+ * callbacks still reach on_put): the raftlog may go. */
+static void on_io_closed(struct raft_io *io) {
+  raftlog *l = l_of(io);
   raft_io_close_cb cb = l->close_cb;
   free(l);
-  close(io, cb);
+  cb(io);
+}
+
+static void on_wal_closed(void *data) {
+  raftlog *l = data;
+  l->w = NULL;
+  l->close(l->io, on_io_closed);
 }
 
 static void rl_close(struct raft_io *io, raft_io_close_cb cb) {

@@ -22,7 +22,7 @@
 #define SEG_VERSION 1u
 #define SEG_HDR_BYTES 36u /* magic 8, version 4, zero 4, seq 8, first 8, crc 4 */
 #define REC_HDR 32u       /* len 4, type 1, zero 3, index 8, term 8, crc 4, zero 4 */
-#define ZERO_CHUNK (1u << 20)
+#define ZERO_CHUNK (256u << 10) /* a new segment is zeroed this much per write: the log waits behind one */
 #define BUF_MIN (64u << 10)
 
 /* ---- little-endian fields ------------------------------------------------- */
@@ -532,7 +532,9 @@ static int do_reset(wal *w) {
   for (; i < w->nsegs && rc == 0; i++) { /* oldest first: a crash leaves a suffix */
     rc = delete_seg(w, &w->segs[i]);
   }
-  memmove(w->segs, w->segs + i, (w->nsegs - i) * sizeof *w->segs);
+  if (i > 0 && i < w->nsegs) {
+    memmove(w->segs, w->segs + i, (w->nsegs - i) * sizeof *w->segs);
+  }
   w->nsegs -= i;
   return rc == 0 ? sync_dir(w) : rc;
 }
@@ -543,7 +545,9 @@ static int do_compact(wal *w, uint64_t upto) {
   for (; i + 1 < w->nsegs && w->segs[i].last <= upto && rc == 0; i++) {
     rc = delete_seg(w, &w->segs[i]);
   }
-  memmove(w->segs, w->segs + i, (w->nsegs - i) * sizeof *w->segs);
+  if (i > 0 && i < w->nsegs) {
+    memmove(w->segs, w->segs + i, (w->nsegs - i) * sizeof *w->segs);
+  }
   w->nsegs -= i;
   return rc;
 }
@@ -578,6 +582,9 @@ static void run_ops(wal *w, struct op *list) {
     int err = w->err;
     pthread_mutex_unlock(&w->mu);
     int rc = err != 0 ? err : run_op(w, op);
+    if (rc == -ECANCELED) {
+      return; /* closing while waiting for a spare: the rest is canceled */
+    }
     if (rc != 0 && err == 0) {
       fprintf(stderr, "cairn: raft log %s: %s\n", w->dir, strerror(-rc));
     }
@@ -821,12 +828,14 @@ int wal_append(wal *w, const struct wal_record *recs, size_t n, wal_append_cb cb
       w->ops_tail = tail;
       pthread_cond_signal(&w->cv_work);
     } else {
-      /* A failed encode leaves no half-staged records: a new op with this
-       * request's records is dropped; bytes added to an existing op are
-       * cut back. Simplest correct answer: fail the log. */
-      free_ops(head);
+      /* Out of memory halfway: the new ops are dropped, but records may
+       * have gone into the op that was staged last, so the log fails
+       * (every later append is refused) rather than write a hole. */
+      free_ops(before != NULL ? before->next : head);
       if (before != NULL) {
         before->next = NULL;
+      } else {
+        w->ops = NULL;
       }
       w->ops_tail = before;
       w->err = CAIRN_ENOMEM;

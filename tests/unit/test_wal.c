@@ -3,7 +3,9 @@
  * than a segment), truncate, reset, compact, a torn tail repaired and
  * zeroed, corruption refused, close with appends staged. */
 #include <fcntl.h>
+#include <signal.h>
 #include <stdbool.h>
+#include <sys/resource.h>
 #include <uv.h>
 
 #include "storage/wal.h"
@@ -427,6 +429,49 @@ static void test_close_staged(void) {
   test_rmdir(dir);
 }
 
+/* A disk that refuses the next segment (a file size limit here: EFBIG; a
+ * full disk gives ENOSPC the same way): the write that needs it fails, the
+ * log refuses every later append, nothing acknowledged is lost. */
+static void test_write_error(void) {
+  char *dir = test_tmpdir("wal");
+  size_t seg = 64u << 10;
+  model_reset();
+  reset_cbs();
+  wal *w = open_wal(dir, seg);
+  append(w, 1, 20, 1, small);
+  wait_cbs();
+  struct rlimit old, lim;
+  CHECK(getrlimit(RLIMIT_FSIZE, &old) == 0);
+  lim = old;
+  lim.rlim_cur = 16u << 10; /* below a segment: the next spare cannot be made */
+  CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+  uint64_t next = 21;
+  int failed_at = -1;
+  for (int k = 0; k < 200 && failed_at < 0; k++) {
+    append(w, next, next + 9, 1, mixed);
+    next += 10;
+    while (n_cb < n_req) {
+      uv_run(&loop, UV_RUN_ONCE);
+    }
+    if (statuses[n_cb - 1] != 0) {
+      failed_at = n_cb - 1;
+    }
+  }
+  CHECK(failed_at > 0);
+  CHECK_EQ_INT(statuses[failed_at], CAIRN_EIO);
+  struct wal_record r = {.index = next, .term = 1, .type = 1, .data = "x", .len = 1};
+  CHECK_ERR(wal_append(w, &r, 1, on_cb, NULL), CAIRN_EIO);
+  close_wal(w);
+  CHECK(setrlimit(RLIMIT_FSIZE, &old) == 0);
+  /* Every acknowledged record is there after a reopen. */
+  w = open_wal(dir, seg);
+  CHECK(wal_last_index(w) >= 20 + (uint64_t)(failed_at - 1) * 10);
+  m_last = wal_last_index(w);
+  check_log(w, 1);
+  close_wal(w);
+  test_rmdir(dir);
+}
+
 int main(void) {
   test_seed("test_wal");
   CHECK_OK(uv_loop_init(&loop));
@@ -437,6 +482,8 @@ int main(void) {
   TEST_RUN(test_torn_tail);
   TEST_RUN(test_corrupt);
   TEST_RUN(test_close_staged);
+  signal(SIGXFSZ, SIG_IGN); /* writes past RLIMIT_FSIZE fail with EFBIG instead */
+  TEST_RUN(test_write_error);
   model_reset();
   CHECK_OK(uv_loop_close(&loop));
   printf("test_wal: ok\n");
