@@ -169,8 +169,9 @@ static int rl_load(struct raft_io *io, raft_term *term, raft_id *voted_for,
   *n_entries = 0;
   if (last == 0 || last < after - 1) {
     /* Nothing past the snapshot (a crash between an installed snapshot and
-     * the log's reset leaves older entries): the log starts after it. */
-    if (last != 0 && wal_reset(l->w, after) != 0) {
+     * the log's reset leaves older entries, or only an empty segment): the
+     * log starts after it. */
+    if (wal_reset(l->w, after) != 0) {
       rv = RAFT_IOERR;
       goto fail;
     }

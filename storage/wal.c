@@ -23,7 +23,9 @@
 #define SEG_HDR_BYTES 36u /* magic 8, version 4, zero 4, seq 8, first 8, crc 4 */
 #define REC_HDR 32u       /* len 4, type 1, zero 3, index 8, term 8, crc 4, zero 4 */
 #define ZERO_CHUNK (256u << 10) /* a new segment is zeroed this much per write: the log waits behind one */
-#define BUF_MIN (64u << 10)
+#define BUF_MIN (16u << 10)
+#define POOL_BUFS 4             /* write buffers kept for reuse */
+#define POOL_BUF_MAX (256u << 10) /* larger ones are freed after their write */
 
 /* ---- little-endian fields ------------------------------------------------- */
 
@@ -121,6 +123,9 @@ struct wal {
   uint64_t spare_seq;
   int spare_err;
   uint64_t next_seq;
+  uint8_t *pool[POOL_BUFS]; /* write buffers for reuse */
+  size_t pool_cap[POOL_BUFS];
+  unsigned npool;
 
   /* The writer's (the thread processing ops; at open and in
    * wal_append_sync(), the loop thread). */
@@ -267,6 +272,20 @@ static int scan_seg(int fd, uint64_t size, uint64_t first, rec_fn fn, void *ctx,
   return 0;
 }
 
+/* A ZERO_CHUNK buffer of zeros, page aligned, mapped for the call and
+ * unmapped after: the heap (which keeps freed memory, server/main.c) does
+ * not grow by it. NULL when out of memory. */
+static uint8_t *chunk_alloc(void) {
+  void *p = mmap(NULL, ZERO_CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+static void chunk_free(uint8_t *p) {
+  if (p != NULL) {
+    munmap(p, ZERO_CHUNK);
+  }
+}
+
 /* Zeroes [from, size) of a segment wherever it is not zero already, then
  * syncs: what follows the last good record must never read as records. */
 static int zero_tail(const char *path, uint64_t from, uint64_t size) {
@@ -277,7 +296,7 @@ static int zero_tail(const char *path, uint64_t from, uint64_t size) {
   if (fd < 0) {
     return -errno;
   }
-  uint8_t *buf = malloc(ZERO_CHUNK);
+  uint8_t *buf = chunk_alloc();
   int rc = buf == NULL ? -ENOMEM : 0;
   bool wrote = false;
   for (uint64_t off = from; rc == 0 && off < size;) {
@@ -299,7 +318,7 @@ static int zero_tail(const char *path, uint64_t from, uint64_t size) {
   }
   posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
   close(fd);
-  free(buf);
+  chunk_free(buf);
   return rc;
 }
 
@@ -342,11 +361,8 @@ static int make_segment(wal *w, uint64_t seq, uint64_t size, const bool *stop) {
   if (fd < 0) {
     return -errno;
   }
-  void *zero = NULL;
-  int rc = posix_memalign(&zero, WAL_BLOCK, ZERO_CHUNK) == 0 ? 0 : -ENOMEM;
-  if (rc == 0) {
-    memset(zero, 0, ZERO_CHUNK);
-  }
+  void *zero = chunk_alloc(); /* zeros: fresh anonymous memory */
+  int rc = zero != NULL ? 0 : -ENOMEM;
   for (uint64_t off = 0; rc == 0 && off < size; off += ZERO_CHUNK) {
     if (stop != NULL && __atomic_load_n(stop, __ATOMIC_RELAXED)) {
       rc = -ECANCELED;
@@ -361,7 +377,7 @@ static int make_segment(wal *w, uint64_t seq, uint64_t size, const bool *stop) {
       }
     }
   }
-  free(zero);
+  chunk_free(zero);
   if (rc == 0 && fdatasync(fd) != 0) {
     rc = -errno;
   }
@@ -602,6 +618,20 @@ static void run_ops(wal *w, struct op *list) {
   }
 }
 
+/* Frees written ops, keeping small buffers for reuse; mu not held. */
+static void recycle_ops(wal *w, struct op *op) {
+  pthread_mutex_lock(&w->mu);
+  for (struct op *o = op; o != NULL; o = o->next) {
+    if (o->buf != NULL && o->cap <= POOL_BUF_MAX && w->npool < POOL_BUFS) {
+      w->pool[w->npool] = o->buf;
+      w->pool_cap[w->npool++] = o->cap;
+      o->buf = NULL;
+    }
+  }
+  pthread_mutex_unlock(&w->mu);
+  free_ops(op);
+}
+
 static void *writer_main(void *arg) {
   wal *w = arg;
   pthread_mutex_lock(&w->mu);
@@ -617,8 +647,8 @@ static void *writer_main(void *arg) {
     w->busy = true;
     pthread_mutex_unlock(&w->mu);
     run_ops(w, list);
-    free_ops(list);
     uv_async_send(&w->async);
+    recycle_ops(w, list);
     pthread_mutex_lock(&w->mu);
     w->busy = false;
   }
@@ -708,9 +738,23 @@ static void stage(wal *w, struct op *op) {
   pthread_cond_signal(&w->cv_work);
 }
 
-static int ensure_cap(struct op *op, size_t need) {
+/* Gives op room for need bytes; mu held (the buffer pool). A new op takes
+ * a pooled buffer when one is large enough. */
+static int ensure_cap(wal *w, struct op *op, size_t need) {
   if (op->cap >= need) {
     return 0;
+  }
+  if (op->cap == 0) {
+    for (unsigned i = 0; i < w->npool; i++) {
+      if (w->pool_cap[i] >= need) {
+        op->buf = w->pool[i];
+        op->cap = w->pool_cap[i];
+        w->npool--;
+        w->pool[i] = w->pool[w->npool];
+        w->pool_cap[i] = w->pool_cap[w->npool];
+        return 0;
+      }
+    }
   }
   size_t cap = op->cap ? op->cap : BUF_MIN;
   while (cap < need) {
@@ -766,8 +810,8 @@ static int check_records(const wal *w, const struct wal_record *recs, size_t n, 
 
 /* Encodes recs into staged write ops (mu held), each at most WAL_WRITE_BYTES
  * unless one record is larger. list/tail: where new ops go. */
-static int encode_into(struct op **head, struct op **tail, const struct wal_record *recs,
-                       size_t n, uint64_t req_seq) {
+static int encode_into(wal *w, struct op **head, struct op **tail,
+                       const struct wal_record *recs, size_t n, uint64_t req_seq) {
   for (size_t i = 0; i < n; i++) {
     size_t b = rec_bytes(recs[i].len);
     struct op *op = *tail;
@@ -784,7 +828,7 @@ static int encode_into(struct op **head, struct op **tail, const struct wal_reco
       }
       *tail = op;
     }
-    if (ensure_cap(op, (size_t)round_up(op->len + b, WAL_BLOCK)) != 0) {
+    if (ensure_cap(w, op, (size_t)round_up(op->len + b, WAL_BLOCK)) != 0) {
       return CAIRN_ENOMEM;
     }
     encode(op->buf + op->len, &recs[i]);
@@ -816,7 +860,7 @@ int wal_append(wal *w, const struct wal_record *recs, size_t n, wal_append_cb cb
      * the one before: that is where batches come from. */
     struct op *head = NULL, *tail = w->ops_tail;
     struct op *before = tail;
-    rc = encode_into(&head, &tail, recs, n, w->req_seq + 1);
+    rc = encode_into(w, &head, &tail, recs, n, w->req_seq + 1);
     if (rc == 0) {
       if (head != NULL) {
         if (before != NULL) {
@@ -933,7 +977,9 @@ int wal_append_sync(wal *w, const struct wal_record *recs, size_t n) {
   }
   claim(w);
   struct op *head = NULL, *tail = NULL;
-  rc = encode_into(&head, &tail, recs, n, 0);
+  pthread_mutex_lock(&w->mu);
+  rc = encode_into(w, &head, &tail, recs, n, 0);
+  pthread_mutex_unlock(&w->mu);
   for (struct op *op = head; rc == 0 && op != NULL; op = op->next) {
     rc = do_write(w, op);
     if (rc < 0 && rc > -4096) {
@@ -1252,6 +1298,9 @@ static void release(wal *w) {
     close(w->dir_fd);
   }
   free(w->hdr_block);
+  for (unsigned i = 0; i < w->npool; i++) {
+    free(w->pool[i]);
+  }
   pthread_mutex_destroy(&w->mu);
   pthread_cond_destroy(&w->cv_work);
   pthread_cond_destroy(&w->cv_spare);
