@@ -37,7 +37,7 @@ struct lessor;
 /* Leases a member holds at most; a grant beyond it is refused with
  * CAIRN_ETOO_MANY_REQUESTS ("etcdserver: too many requests"). Leases already
  * in the store are all loaded whatever their number. */
-#define LESSOR_LEASES_MAX 262144u
+#define LESSOR_LEASES_MAX 524288u
 /* LeaseKeepAlive streams open at once on a member; the next one is ended
  * with CAIRN_ETOO_MANY_REQUESTS. */
 #define LESSOR_KEEPALIVE_STREAMS_MAX 10000u
