@@ -141,20 +141,33 @@ static void reset_cbs(void) {
   cb_order_bad = 0;
 }
 
-static void test_basic(void) {
-  char *dir = test_tmpdir("wal");
+/* A fresh directory, model and callback record, and a wal on them. */
+static wal *begin(char **dir, size_t seg) {
+  *dir = test_tmpdir("wal");
   model_reset();
   reset_cbs();
-  wal *w = open_wal(dir, 0);
+  return open_wal(*dir, seg);
+}
+
+/* Closes w, opens the directory again and checks the log against the
+ * model; returns the new wal. */
+static wal *reopen_check(wal *w, const char *dir, size_t seg, uint64_t from) {
+  close_wal(w);
+  w = open_wal(dir, seg);
+  check_log(w, from);
+  return w;
+}
+
+static void test_basic(void) {
+  char *dir;
+  wal *w = begin(&dir, 0);
   CHECK_EQ_INT(wal_last_index(w), 0);
   append(w, 1, 1, 1, small);
   append(w, 2, 5, 1, small);
   append(w, 6, 40, 2, mixed);
   wait_cbs();
   check_log(w, 1);
-  close_wal(w);
-  w = open_wal(dir, 0);
-  check_log(w, 1);
+  w = reopen_check(w, dir, 0, 1);
   CHECK_EQ_INT(wal_first_index(w), 1);
   /* Wrong index, type 0: refused, nothing staged. */
   struct wal_record bad = {.index = 42, .term = 2, .type = 1, .data = "x", .len = 1};
@@ -164,9 +177,7 @@ static void test_basic(void) {
   CHECK_ERR(wal_append(w, &bad, 1, on_cb, NULL), CAIRN_EINVAL);
   append(w, 41, 41, 3, small);
   wait_cbs();
-  close_wal(w);
-  w = open_wal(dir, 0);
-  check_log(w, 1);
+  w = reopen_check(w, dir, 0, 1);
   close_wal(w);
   test_rmdir(dir);
 }
@@ -193,9 +204,7 @@ static void test_rotation(void) {
   next += 4;
   wait_cbs();
   check_log(w, 1);
-  close_wal(w);
-  w = open_wal(dir, seg);
-  check_log(w, 1);
+  w = reopen_check(w, dir, seg, 1);
   close_wal(w);
   test_rmdir(dir);
 }
@@ -250,11 +259,9 @@ static int count_segments(const char *dir) {
 }
 
 static void test_reset_compact(void) {
-  char *dir = test_tmpdir("wal");
   size_t seg = 32u << 10;
-  model_reset();
-  reset_cbs();
-  wal *w = open_wal(dir, seg);
+  char *dir;
+  wal *w = begin(&dir, seg);
   for (uint64_t i = 1; i <= 600; i += 20) {
     append(w, i, i + 19, 1, mixed);
     wait_cbs();
@@ -300,10 +307,8 @@ static void last_segment(const char *dir, char *out, size_t cap) {
 }
 
 static void test_torn_tail(void) {
-  char *dir = test_tmpdir("wal");
-  model_reset();
-  reset_cbs();
-  wal *w = open_wal(dir, 0);
+  char *dir;
+  wal *w = begin(&dir, 0);
   append(w, 1, 5, 1, small);   /* one write: block 1 */
   wait_cbs();
   append(w, 6, 8, 1, huge);    /* one write over many blocks, from block 2 */
@@ -344,19 +349,15 @@ static void test_torn_tail(void) {
   check_log(w, 1);
   append(w, 6, 6, 3, small);
   wait_cbs();
-  close_wal(w);
-  w = open_wal(dir, 0);
-  check_log(w, 1);
+  w = reopen_check(w, dir, 0, 1);
   close_wal(w);
   test_rmdir(dir);
 }
 
 static void test_corrupt(void) {
-  char *dir = test_tmpdir("wal");
   size_t seg = 32u << 10;
-  model_reset();
-  reset_cbs();
-  wal *w = open_wal(dir, seg);
+  char *dir;
+  wal *w = begin(&dir, seg);
   for (uint64_t i = 1; i <= 300; i += 20) {
     append(w, i, i + 19, 1, mixed);
     wait_cbs();
@@ -397,10 +398,8 @@ static void test_corrupt(void) {
  * once, in order, each 0 (written) or CAIRN_ESTOPPED (not), never 0 after a
  * canceled one; what was acknowledged is there after reopen. */
 static void test_close_staged(void) {
-  char *dir = test_tmpdir("wal");
-  model_reset();
-  reset_cbs();
-  wal *w = open_wal(dir, 0);
+  char *dir;
+  wal *w = begin(&dir, 0);
   for (uint64_t i = 1; i <= 200; i += 10) {
     append(w, i, i + 9, 1, mixed);
   }
@@ -433,11 +432,9 @@ static void test_close_staged(void) {
  * full disk gives ENOSPC the same way): the write that needs it fails, the
  * log refuses every later append, nothing acknowledged is lost. */
 static void test_write_error(void) {
-  char *dir = test_tmpdir("wal");
   size_t seg = 64u << 10;
-  model_reset();
-  reset_cbs();
-  wal *w = open_wal(dir, seg);
+  char *dir;
+  wal *w = begin(&dir, seg);
   append(w, 1, 20, 1, small);
   wait_cbs();
   struct rlimit old, lim;
