@@ -8,7 +8,6 @@
 
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
-
 #define CRC32C_POLY 0x82F63B78u /* reflected */
 
 /* Filled once (pthread_once) before the first use; read-only afterwards. */

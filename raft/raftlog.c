@@ -45,18 +45,18 @@ static raftlog *l_of(struct raft_io *io) {
 
 static int to_raft(int rc) {
   switch (rc) {
-  case 0:
-    return 0;
-  case CAIRN_ENOMEM:
-    return RAFT_NOMEM;
-  case CAIRN_ENOSPACE:
-    return RAFT_NOSPACE;
-  case CAIRN_ESTOPPED:
-    return RAFT_CANCELED;
-  case CAIRN_ECORRUPT:
-    return RAFT_CORRUPT;
-  default:
-    return RAFT_IOERR;
+    case 0:
+      return 0;
+    case CAIRN_ENOMEM:
+      return RAFT_NOMEM;
+    case CAIRN_ENOSPACE:
+      return RAFT_NOSPACE;
+    case CAIRN_ESTOPPED:
+      return RAFT_CANCELED;
+    case CAIRN_ECORRUPT:
+      return RAFT_CORRUPT;
+    default:
+      return RAFT_IOERR;
   }
 }
 
@@ -112,9 +112,11 @@ static int import(raftlog *l, raft_index start, struct raft_entry *entries, size
   size_t skip = 0;
   if (last != 0) {
     if (start < first || start > last + 1) {
-      fprintf(stderr, "cairn: raft log: libraft's segments (from %llu) do not continue %s/log "
-                      "(%llu-%llu)\n", (unsigned long long)start, l->dir,
-              (unsigned long long)first, (unsigned long long)last);
+      fprintf(stderr,
+              "cairn: raft log: libraft's segments (from %llu) do not continue %s/log "
+              "(%llu-%llu)\n",
+              (unsigned long long)start, l->dir, (unsigned long long)first,
+              (unsigned long long)last);
       return RAFT_CORRUPT;
     }
     skip = (size_t)(last + 1 - start);
@@ -126,9 +128,11 @@ static int import(raftlog *l, raft_index start, struct raft_entry *entries, size
       return RAFT_NOMEM;
     }
     for (size_t i = skip; i < n; i++) {
-      recs[i - skip] = (struct wal_record){.index = start + i, .term = entries[i].term,
+      recs[i - skip] = (struct wal_record){.index = start + i,
+                                           .term = entries[i].term,
                                            .type = (uint8_t)entries[i].type,
-                                           .data = entries[i].buf.base, .len = entries[i].buf.len};
+                                           .data = entries[i].buf.base,
+                                           .len = entries[i].buf.len};
     }
     rc = wal_append_sync(l->w, recs, n - skip);
     free(recs);
@@ -254,9 +258,11 @@ static int rl_append(struct raft_io *io, struct raft_io_append *req,
     return RAFT_NOMEM;
   }
   for (unsigned i = 0; i < n; i++) {
-    recs[i] = (struct wal_record){.index = l->next + i, .term = entries[i].term,
+    recs[i] = (struct wal_record){.index = l->next + i,
+                                  .term = entries[i].term,
                                   .type = (uint8_t)entries[i].type,
-                                  .data = entries[i].buf.base, .len = entries[i].buf.len};
+                                  .data = entries[i].buf.base,
+                                  .len = entries[i].buf.len};
   }
   req->cb = cb;
   int rc = wal_append(l->w, recs, n, on_appended, req);
@@ -316,8 +322,8 @@ static void on_put(struct raft_io_snapshot_put *req, int status) {
 /* The deferred install: the appends before it have settled. */
 static void put_after_appends(void *data, int status) {
   struct put *p = data;
-  int rv = status != 0 ? RAFT_CANCELED
-                       : p->l->snapshot_put(p->io, 0, &p->inner, p->snapshot, on_put);
+  int rv =
+      status != 0 ? RAFT_CANCELED : p->l->snapshot_put(p->io, 0, &p->inner, p->snapshot, on_put);
   if (rv != 0) {
     struct raft_io_snapshot_put *outer = p->outer;
     raft_io_snapshot_put_cb cb = p->cb;

@@ -101,9 +101,9 @@ static void paced_work(uv_work_t *w) {
   for (off_t off = 0; result == 0 && off < st.st_size; off += FILEIO_PACE_BYTES) {
     int n;
     do {
-      n = sync_file_range(op->fd, off, FILEIO_PACE_BYTES,
-                          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                              SYNC_FILE_RANGE_WAIT_AFTER);
+      n = sync_file_range(
+          op->fd, off, FILEIO_PACE_BYTES,
+          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
     } while (n < 0 && errno == EINTR);
     if (n < 0) {
       result = -(int64_t)errno;

@@ -22,9 +22,11 @@
 #define SEG_VERSION 1u
 #define SEG_HDR_BYTES 36u /* magic 8, version 4, zero 4, seq 8, first 8, crc 4 */
 #define REC_HDR 32u       /* len 4, type 1, zero 3, index 8, term 8, crc 4, zero 4 */
-#define ZERO_CHUNK (256u << 10) /* a new segment is zeroed this much per write: the log waits behind one */
+/* A new segment is zeroed this much per write: the log's writes wait behind
+ * one such write at most. */
+#define ZERO_CHUNK (256u << 10)
 #define BUF_MIN (16u << 10)
-#define POOL_BUFS 4             /* write buffers kept for reuse */
+#define POOL_BUFS 4               /* write buffers kept for reuse */
 #define POOL_BUF_MAX (256u << 10) /* larger ones are freed after their write */
 
 /* ---- little-endian fields ------------------------------------------------- */
@@ -57,9 +59,13 @@ static uint64_t get64(const uint8_t *p) {
   return v;
 }
 
-static uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
+static uint64_t round_up(uint64_t v, uint64_t to) {
+  return (v + to - 1) / to * to;
+}
 
-static size_t rec_bytes(size_t len) { return REC_HDR + (size_t)round_up(len, 8); }
+static size_t rec_bytes(size_t len) {
+  return REC_HDR + (size_t)round_up(len, 8);
+}
 
 /* ---- state ----------------------------------------------------------------- */
 
@@ -78,10 +84,10 @@ enum op_kind { OP_WRITE, OP_TRUNCATE, OP_RESET, OP_COMPACT };
 struct op {
   struct op *next;
   enum op_kind kind;
-  uint64_t arg;  /* TRUNCATE, RESET: index; COMPACT: upto */
-  uint8_t *buf;  /* WRITE: encoded records (block-aligned memory) */
-  size_t len;    /* bytes of records */
-  size_t cap;    /* bytes allocated, a multiple of WAL_BLOCK */
+  uint64_t arg;         /* TRUNCATE, RESET: index; COMPACT: upto */
+  uint8_t *buf;         /* WRITE: encoded records (block-aligned memory) */
+  size_t len;           /* bytes of records */
+  size_t cap;           /* bytes allocated, a multiple of WAL_BLOCK */
   uint64_t first, last; /* WRITE: indexes of its records */
   uint64_t req_seq;     /* WRITE: the last append request it completes */
 };
@@ -139,7 +145,9 @@ struct wal {
   bool threads;
 };
 
-static int errno_code(int e) { return e == ENOSPC || e == EDQUOT ? CAIRN_ENOSPACE : CAIRN_EIO; }
+static int errno_code(int e) {
+  return e == ENOSPC || e == EDQUOT ? CAIRN_ENOSPACE : CAIRN_EIO;
+}
 
 static void seg_path(const wal *w, uint64_t seq, char *out, size_t cap) {
   snprintf(out, cap, "%s/%016" PRIx64 ".wal", w->dir, seq);
@@ -211,7 +219,9 @@ static int seg_write(wal *w, int fd, const void *buf, size_t len, uint64_t off) 
   return rc;
 }
 
-static int sync_dir(wal *w) { return fsync(w->dir_fd) == 0 ? 0 : -errno; }
+static int sync_dir(wal *w) {
+  return fsync(w->dir_fd) == 0 ? 0 : -errno;
+}
 
 /* ---- scanning ------------------------------------------------------------- */
 
@@ -248,8 +258,8 @@ static int scan_seg(int fd, uint64_t size, uint64_t first, rec_fn fn, void *ctx,
       continue;
     }
     uint32_t len = get32(h);
-    bool ok = pos + REC_HDR <= size && len <= WAL_RECORD_MAX &&
-              pos + rec_bytes(len) <= size && h[5] == 0 && h[6] == 0 && h[7] == 0;
+    bool ok = pos + REC_HDR <= size && len <= WAL_RECORD_MAX && pos + rec_bytes(len) <= size &&
+              h[5] == 0 && h[6] == 0 && h[7] == 0;
     if (ok) {
       uint32_t crc = crc32c_update(crc32c_update(0, h, 24), h + REC_HDR, len);
       ok = get64(h + 8) == expect && get32(h + 24) == crc && get32(h + 28) == 0;
@@ -440,8 +450,8 @@ static int activate_segment(wal *w, uint64_t first, uint64_t need) {
   put32(h + 32, crc32c_update(0, h, 32));
   rc = seg_write(w, fd, h, WAL_BLOCK, 0);
   if (rc == 0) {
-    struct seg s = {.seq = seq, .first = first, .last = first - 1, .size = size, .end = WAL_BLOCK,
-                    .fd = fd};
+    struct seg s = {
+        .seq = seq, .first = first, .last = first - 1, .size = size, .end = WAL_BLOCK, .fd = fd};
     rc = push_seg(w, s);
   }
   if (rc != 0) {
@@ -570,14 +580,14 @@ static int do_compact(wal *w, uint64_t upto) {
 
 static int run_op(wal *w, struct op *op) {
   switch (op->kind) {
-  case OP_WRITE:
-    return do_write(w, op);
-  case OP_TRUNCATE:
-    return do_truncate(w, op->arg);
-  case OP_RESET:
-    return do_reset(w);
-  case OP_COMPACT:
-    return do_compact(w, op->arg);
+    case OP_WRITE:
+      return do_write(w, op);
+    case OP_TRUNCATE:
+      return do_truncate(w, op->arg);
+    case OP_RESET:
+      return do_reset(w);
+    case OP_COMPACT:
+      return do_compact(w, op->arg);
   }
   return -EINVAL;
 }
@@ -708,7 +718,9 @@ static void deliver(wal *w, int rest_status) {
   }
 }
 
-bool wal_idle(const wal *w) { return w->reqs == NULL; }
+bool wal_idle(const wal *w) {
+  return w->reqs == NULL;
+}
 
 void wal_after_appends(wal *w, void (*cb)(void *data, int status), void *data) {
   CAIRN_ASSERT(w->reqs != NULL && w->idle_cb == NULL);
@@ -716,7 +728,9 @@ void wal_after_appends(wal *w, void (*cb)(void *data, int status), void *data) {
   w->idle_data = data;
 }
 
-static void on_async(uv_async_t *a) { deliver(a->data, 0); }
+static void on_async(uv_async_t *a) {
+  deliver(a->data, 0);
+}
 
 static struct op *new_op(enum op_kind kind, uint64_t arg) {
   struct op *op = calloc(1, sizeof *op);
@@ -810,8 +824,8 @@ static int check_records(const wal *w, const struct wal_record *recs, size_t n, 
 
 /* Encodes recs into staged write ops (mu held), each at most WAL_WRITE_BYTES
  * unless one record is larger. list/tail: where new ops go. */
-static int encode_into(wal *w, struct op **head, struct op **tail,
-                       const struct wal_record *recs, size_t n, uint64_t req_seq) {
+static int encode_into(wal *w, struct op **head, struct op **tail, const struct wal_record *recs,
+                       size_t n, uint64_t req_seq) {
   for (size_t i = 0; i < n; i++) {
     size_t b = rec_bytes(recs[i].len);
     struct op *op = *tail;
@@ -949,11 +963,17 @@ int wal_reset(wal *w, uint64_t next_index) {
   return rc;
 }
 
-int wal_compact(wal *w, uint64_t upto) { return stage_op(w, OP_COMPACT, upto); }
+int wal_compact(wal *w, uint64_t upto) {
+  return stage_op(w, OP_COMPACT, upto);
+}
 
-uint64_t wal_first_index(const wal *w) { return w->last != 0 ? w->first : 0; }
+uint64_t wal_first_index(const wal *w) {
+  return w->last != 0 ? w->first : 0;
+}
 
-uint64_t wal_last_index(const wal *w) { return w->last; }
+uint64_t wal_last_index(const wal *w) {
+  return w->last;
+}
 
 /* Claims the writer role on the calling thread (nothing staged or running). */
 static void claim(wal *w) {
@@ -1230,8 +1250,9 @@ static int load(wal *w) {
       break;
     }
     if (w->nsegs > 0 && w->segs[w->nsegs - 1].last + 1 != u[i].first) {
-      fprintf(stderr, "cairn: raft log %s: starts at %" PRIu64 ", the log before ends at %" PRIu64
-                      "\n", path, u[i].first, w->segs[w->nsegs - 1].last);
+      fprintf(stderr,
+              "cairn: raft log %s: starts at %" PRIu64 ", the log before ends at %" PRIu64 "\n",
+              path, u[i].first, w->segs[w->nsegs - 1].last);
       rc = CAIRN_ECORRUPT;
       break;
     }
@@ -1250,8 +1271,12 @@ static int load(wal *w) {
         break;
       }
     }
-    struct seg sg = {.seq = u[i].seq, .first = u[i].first, .last = sc.last, .size = u[i].size,
-                     .end = round_up(sc.stop, WAL_BLOCK), .fd = -1};
+    struct seg sg = {.seq = u[i].seq,
+                     .first = u[i].first,
+                     .last = sc.last,
+                     .size = u[i].size,
+                     .end = round_up(sc.stop, WAL_BLOCK),
+                     .fd = -1};
     if (push_seg(w, sg) != 0) {
       rc = CAIRN_ENOMEM;
     }
@@ -1308,7 +1333,9 @@ static void release(wal *w) {
   free(w);
 }
 
-static void release_handle(uv_handle_t *h) { release(h->data); }
+static void release_handle(uv_handle_t *h) {
+  release(h->data);
+}
 
 int wal_open(uv_loop_t *loop, const char *dir, const struct wal_options *opt, wal **out) {
   wal *w = calloc(1, sizeof *w);
@@ -1320,8 +1347,8 @@ int wal_open(uv_loop_t *loop, const char *dir, const struct wal_options *opt, wa
     return CAIRN_EINVAL;
   }
   w->loop = loop;
-  w->seg_bytes = round_up(opt != NULL && opt->segment_bytes ? opt->segment_bytes
-                                                            : WAL_SEGMENT_BYTES, WAL_BLOCK);
+  w->seg_bytes = round_up(
+      opt != NULL && opt->segment_bytes ? opt->segment_bytes : WAL_SEGMENT_BYTES, WAL_BLOCK);
   if (w->seg_bytes < 4 * WAL_BLOCK) {
     w->seg_bytes = 4 * WAL_BLOCK;
   }

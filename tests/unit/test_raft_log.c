@@ -43,7 +43,9 @@ static void payload(uint8_t *p, size_t len, unsigned i) {
   }
 }
 
-static size_t len_of(unsigned i) { return 8 * (1 + i % 9); }
+static size_t len_of(unsigned i) {
+  return 8 * (1 + i % 9);
+}
 
 static int count_uv_segments(const char *dir) {
   DIR *d = opendir(dir);

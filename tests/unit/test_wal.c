@@ -52,7 +52,8 @@ static void on_cb(void *data, int status) {
 }
 
 /* Appends records first..last (term, sizes from size_of) as one call. */
-static void append(wal *w, uint64_t first, uint64_t last, uint64_t term, size_t (*size_of)(uint64_t)) {
+static void append(wal *w, uint64_t first, uint64_t last, uint64_t term,
+                   size_t (*size_of)(uint64_t)) {
   size_t n = (size_t)(last - first + 1);
   struct wal_record *r = calloc(n, sizeof *r);
   for (size_t i = 0; i < n; i++) {
@@ -60,11 +61,14 @@ static void append(wal *w, uint64_t first, uint64_t last, uint64_t term, size_t 
     CHECK(idx <= MAXREC);
     free(model[idx].data);
     size_t len = size_of(idx);
-    model[idx] = (struct rec){.index = idx, .term = term, .type = (uint8_t)(1 + idx % 3),
-                              .len = len, .data = malloc(len ? len : 1)};
+    model[idx] = (struct rec){.index = idx,
+                              .term = term,
+                              .type = (uint8_t)(1 + idx % 3),
+                              .len = len,
+                              .data = malloc(len ? len : 1)};
     fill(model[idx].data, len, idx, term);
-    r[i] = (struct wal_record){.index = idx, .term = term, .type = model[idx].type,
-                               .data = model[idx].data, .len = len};
+    r[i] = (struct wal_record){
+        .index = idx, .term = term, .type = model[idx].type, .data = model[idx].data, .len = len};
   }
   CHECK_OK(wal_append(w, r, n, on_cb, (void *)(intptr_t)n_req));
   n_req++;
@@ -132,9 +136,16 @@ static void check_log(wal *w, uint64_t from) {
   free(r);
 }
 
-static size_t small(uint64_t i) { return (size_t)(i % 7) * 13; }
-static size_t mixed(uint64_t i) { return i % 50 == 0 ? 9000 + (size_t)(i % 5) * 1000 : (size_t)(i % 11) * 37; }
-static size_t huge(uint64_t i) { (void)i; return 200u << 10; }
+static size_t small(uint64_t i) {
+  return (size_t)(i % 7) * 13;
+}
+static size_t mixed(uint64_t i) {
+  return i % 50 == 0 ? 9000 + (size_t)(i % 5) * 1000 : (size_t)(i % 11) * 37;
+}
+static size_t huge(uint64_t i) {
+  (void)i;
+  return 200u << 10;
+}
 
 static void reset_cbs(void) {
   n_cb = n_req = 0;
@@ -297,7 +308,8 @@ static void last_segment(const char *dir, char *out, size_t cap) {
   char cmd[512];
   snprintf(cmd, sizeof cmd,
            "cd '%s' && for f in $(ls *.wal | sort -r); do "
-           "if [ \"$(head -c 8 $f)\" = CAIRNWAL ]; then echo $f; break; fi; done", dir);
+           "if [ \"$(head -c 8 $f)\" = CAIRNWAL ]; then echo $f; break; fi; done",
+           dir);
   FILE *p = popen(cmd, "r");
   char name[64] = {0};
   CHECK(fgets(name, sizeof name, p) != NULL);
@@ -309,9 +321,9 @@ static void last_segment(const char *dir, char *out, size_t cap) {
 static void test_torn_tail(void) {
   char *dir;
   wal *w = begin(&dir, 0);
-  append(w, 1, 5, 1, small);   /* one write: block 1 */
+  append(w, 1, 5, 1, small); /* one write: block 1 */
   wait_cbs();
-  append(w, 6, 8, 1, huge);    /* one write over many blocks, from block 2 */
+  append(w, 6, 8, 1, huge); /* one write over many blocks, from block 2 */
   wait_cbs();
   close_wal(w);
   char path[600];
