@@ -800,7 +800,8 @@ static void encode(uint8_t *p, const struct wal_record *r) {
   memset(p + REC_HDR + r->len, 0, rec_bytes(r->len) - REC_HDR - r->len);
 }
 
-static int check_records(const wal *w, const struct wal_record *recs, size_t n, size_t *bytes) {
+/* recs continue the log (in sequence, type not 0, not too large). */
+static int check_records(const wal *w, const struct wal_record *recs, size_t n) {
   if (n == 0) {
     return CAIRN_EINVAL;
   }
@@ -808,7 +809,6 @@ static int check_records(const wal *w, const struct wal_record *recs, size_t n, 
   if (expect == 0) {
     return CAIRN_EINVAL;
   }
-  size_t total = 0;
   for (size_t i = 0; i < n; i++) {
     if (recs[i].index != expect + i || recs[i].type == 0) {
       return CAIRN_EINVAL;
@@ -816,9 +816,7 @@ static int check_records(const wal *w, const struct wal_record *recs, size_t n, 
     if (recs[i].len > WAL_RECORD_MAX) {
       return CAIRN_ETOO_LARGE;
     }
-    total += rec_bytes(recs[i].len);
   }
-  *bytes = total;
   return 0;
 }
 
@@ -857,8 +855,7 @@ int wal_append(wal *w, const struct wal_record *recs, size_t n, wal_append_cb cb
   if (w->closing) {
     return CAIRN_ESTOPPED;
   }
-  size_t bytes;
-  int rc = check_records(w, recs, n, &bytes);
+  int rc = check_records(w, recs, n);
   if (rc != 0) {
     return rc;
   }
@@ -990,8 +987,7 @@ static void unclaim(wal *w) {
 }
 
 int wal_append_sync(wal *w, const struct wal_record *recs, size_t n) {
-  size_t bytes;
-  int rc = check_records(w, recs, n, &bytes);
+  int rc = check_records(w, recs, n);
   if (rc != 0) {
     return rc;
   }

@@ -60,6 +60,32 @@ static int count_uv_segments(const char *dir) {
   return n;
 }
 
+/* What io->load gave. */
+struct loaded {
+  raft_term term;
+  raft_id vote;
+  struct raft_snapshot *snap;
+  raft_index start;
+  struct raft_entry *entries;
+  size_t n;
+};
+
+static struct loaded load(struct raft_io *io) {
+  struct loaded l = {0};
+  CHECK_OK(io->load(io, &l.term, &l.vote, &l.snap, &l.start, &l.entries, &l.n));
+  return l;
+}
+
+/* Closes io (libraft's own or wrapped by a raftlog) and its transport. */
+static void close_io(struct raft_io *io, struct raft_uv_transport *t) {
+  io_closed = false;
+  io->close(io, on_io_close);
+  run_until(&io_closed);
+  raft_uv_close(io);
+  raft_uv_tcp_close(t);
+  uv_run(&loop, UV_RUN_DEFAULT);
+}
+
 /* Writes a bootstrap entry and N_APPEND commands with libraft's uv io. */
 static void write_with_libraft(const char *dir) {
   struct raft_uv_transport t;
@@ -72,14 +98,10 @@ static void write_with_libraft(const char *dir) {
   CHECK_OK(raft_configuration_add(&conf, 1, "127.0.0.1:1", RAFT_VOTER));
   CHECK_OK(io.bootstrap(&io, &conf));
   raft_configuration_close(&conf);
-  raft_term term;
-  raft_id vote;
-  struct raft_snapshot *snap = NULL;
-  raft_index start;
-  struct raft_entry *entries;
-  size_t n;
-  CHECK_OK(io.load(&io, &term, &vote, &snap, &start, &entries, &n));
-  CHECK(snap == NULL);
+  struct loaded l = load(&io);
+  struct raft_entry *entries = l.entries;
+  size_t n = l.n;
+  CHECK(l.snap == NULL);
   CHECK_EQ_INT(n, 1);
   raft_free(entries[0].batch);
   raft_free(entries);
@@ -101,12 +123,7 @@ static void write_with_libraft(const char *dir) {
   for (unsigned i = 0; i < N_APPEND; i++) {
     raft_free(e[i].buf.base);
   }
-  io_closed = false;
-  io.close(&io, on_io_close);
-  run_until(&io_closed);
-  raft_uv_close(&io);
-  raft_uv_tcp_close(&t);
-  uv_run(&loop, UV_RUN_DEFAULT);
+  close_io(&io, &t);
 }
 
 /* Loads dir through a raftlog and checks every entry. */
@@ -122,16 +139,12 @@ static void load_with_raftlog(const char *dir) {
   CHECK_OK(raftlog_install(&io, &loop, dir, &node.log));
   io.data = &r;
   CHECK_OK(io.init(&io, 1, "127.0.0.1:1"));
-  raft_term term;
-  raft_id vote;
-  struct raft_snapshot *snap = NULL;
-  raft_index start;
-  struct raft_entry *entries;
-  size_t n;
-  CHECK_OK(io.load(&io, &term, &vote, &snap, &start, &entries, &n));
-  CHECK_EQ_INT(term, 1);
-  CHECK(snap == NULL);
-  CHECK_EQ_INT(start, 1);
+  struct loaded l = load(&io);
+  struct raft_entry *entries = l.entries;
+  size_t n = l.n;
+  CHECK_EQ_INT(l.term, 1);
+  CHECK(l.snap == NULL);
+  CHECK_EQ_INT(l.start, 1);
   CHECK_EQ_INT(n, 1 + N_APPEND);
   CHECK_EQ_INT(entries[0].type, RAFT_CHANGE);
   for (unsigned i = 0; i < N_APPEND; i++) {
@@ -146,12 +159,7 @@ static void load_with_raftlog(const char *dir) {
   raft_free(entries[0].batch);
   raft_free(entries);
   CHECK_EQ_INT(count_uv_segments(dir), 0); /* imported, then deleted */
-  io_closed = false;
-  io.close(&io, on_io_close);
-  run_until(&io_closed);
-  raft_uv_close(&io);
-  raft_uv_tcp_close(&t);
-  uv_run(&loop, UV_RUN_DEFAULT);
+  close_io(&io, &t);
 }
 
 int main(void) {
