@@ -1027,6 +1027,7 @@ static int batch_once(mvcc_store *s, const struct mvcc_op *ops, size_t n,
     }
     return rc;
   }
+  store_note_commit(s, base_size);
   CAIRN_ASSERT(c.rev >= s->rev);
   CAIRN_ASSERT(applied >= s->applied_index);
   s->rev = c.rev;

@@ -41,6 +41,12 @@ struct mvcc_arena;
 #define MVCC_FEED_SCAN_MAX 100000u
 /* One compaction step removes at most this many history entries. */
 #define MVCC_COMPACT_STEP_DEFAULT 10000u
+/* The store drops its mapping of the data file (pages read later are mapped
+ * again from the page cache) each time the file grew by this much, or after
+ * this many write commits: see storage/mvcc_release.c. What stays mapped is
+ * then what was read since, not the whole file. */
+#define MVCC_RELEASE_BYTES (4u << 20)
+#define MVCC_RELEASE_COMMITS 4096u
 
 struct mvcc_options {
   uint64_t quota_bytes;     /* 0: MVCC_QUOTA_BYTES_DEFAULT */
@@ -417,6 +423,8 @@ int mvcc_defrag(mvcc_store *s);
 /* The data file's descriptor, for checkpoints (storage/checkpoint.h); -1 if
  * the store has none (a failed reopen). */
 int mvcc_fd(const mvcc_store *s);
+/* How many times the store dropped its mapping of the data file. */
+uint64_t mvcc_map_releases(const mvcc_store *s);
 
 /* The sync marker: a small file beside the data file that says up to which
  * LMDB transaction the data file is known to be on disk, and in which boot of

@@ -147,6 +147,10 @@ static int compact_step_once(mvcc_store *s, size_t max_entries, bool *done) {
   }
   s->compact_pos = next;
   *done = next.rev > s->compact_rev;
+  uint64_t file_end = 0;
+  if (mvcc_size(s, &file_end, NULL) == 0) {
+    store_note_commit(s, file_end); /* the step read old history through the map */
+  }
   return 0;
 }
 

@@ -98,6 +98,10 @@ struct mvcc_store {
    * only try-locks it to grow the map, which LMDB forbids while another
    * thread has a read transaction open. */
   pthread_mutex_t export_lock;
+  /* Dropping the mapping of the file (mvcc_release.c). */
+  uint64_t release_at;      /* file end at the last release */
+  uint32_t release_commits; /* write commits since then */
+  uint64_t releases;        /* releases done */
 };
 
 /* The view an operation reads and writes through. */
@@ -162,6 +166,10 @@ void store_drop_rtxn(mvcc_store *s);
 void store_park_rtxn(mvcc_store *s);
 /* Grows the map after MDB_MAP_FULL; CAIRN_ENOSPACE at the maximum. */
 int store_grow_map(mvcc_store *s);
+/* After each committed write transaction: file_end is the data file's size
+ * in use. Drops the mapping of the file every MVCC_RELEASE_BYTES of growth or
+ * MVCC_RELEASE_COMMITS commits (mvcc_release.c). */
+void store_note_commit(mvcc_store *s, uint64_t file_end);
 /* A sync marker for a file synced as a whole (any transaction), this boot. */
 void mvcc_sync_marker_full(uint8_t buf[MVCC_SYNC_MARKER_BYTES]);
 int meta_put_raw(MDB_txn *txn, MDB_dbi dbi, const char *name, const void *p, size_t n);
