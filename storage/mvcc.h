@@ -45,8 +45,8 @@ struct mvcc_arena;
  * again from the page cache) each time the file grew by this much, or after
  * this many write commits: see storage/mvcc_release.c. What stays mapped is
  * then what was read since, not the whole file. */
-#define MVCC_RELEASE_BYTES (4u << 20)
-#define MVCC_RELEASE_COMMITS 4096u
+#define MVCC_RELEASE_BYTES (1u << 20)
+#define MVCC_RELEASE_COMMITS 1024u
 
 struct mvcc_options {
   uint64_t quota_bytes;     /* 0: MVCC_QUOTA_BYTES_DEFAULT */
