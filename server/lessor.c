@@ -1,9 +1,11 @@
 /* server/lessor.c: lease expiry, renewal and checkpoints; see lessor.h and
  * docs/leases.md.
  *
- * Three structures index the leases this member knows:
+ * The leases live in a pool of fixed chunks (POOL_CHUNK leases each, never
+ * moved), named by 32-bit pool indices: 56 bytes a lease, without a malloc
+ * header each. Three structures index them:
  * - a hash table by id (open addressing, linear probing, backward-shift
- *   deletion), which owns the struct lease;
+ *   deletion, at most 3/4 full) of pool indices;
  * - on the leader, a binary min-heap by expiry time: the expiry timer is
  *   armed at its top, so finding expired leases never scans them all;
  * - on the leader, the checkpoint queue, a FIFO of leases by due time. Every
@@ -23,8 +25,11 @@
 #include "server/server.h"
 
 #define EXPIRY_FOREVER UINT64_MAX
-#define NOT_IN_HEAP SIZE_MAX
+/* No lease: an empty table slot, not in the heap, the end of a list. */
+#define NO_LEASE UINT32_MAX
 #define TABLE_CAP_MIN 16u
+#define POOL_CHUNK_SHIFT 10
+#define POOL_CHUNK (1u << POOL_CHUNK_SHIFT)
 /* The barrier a new leader commits before it reloads the leases: a read
  * through raft, which changes nothing. */
 #define BARRIER_KEY "\0cairn-lessor-barrier"
@@ -45,14 +50,21 @@ struct lease {
   int64_t ttl_s;      /* granted TTL, raised to the minimum */
   int64_t stored_ms;  /* remaining_ms as recorded in the store; -1: none (full TTL) */
   uint64_t expiry_ms; /* loop time; EXPIRY_FOREVER off the leader */
-  size_t heap_idx;    /* NOT_IN_HEAP when not in the heap */
-  struct lease *ck_prev, *ck_next;
-  uint64_t ck_due_ms;
-  enum lease_state state;
+  uint32_t self;      /* its pool index */
+  uint32_t heap_idx;  /* NO_LEASE when not in the heap */
+  /* The checkpoint queue's links (pool indices, NO_LEASE at its ends); a
+   * free pool entry links the free list through ck_next. */
+  uint32_t ck_prev, ck_next;
+  /* When its checkpoint is due: the loop time in ms, modulo 2^32. Entries are
+   * due at most LESSOR_CHECKPOINT_INTERVAL_MS ahead and the queue is worked
+   * every tick, so comparisons as serial numbers (ck_reached) are exact. */
+  uint32_t ck_due;
+  uint8_t state; /* enum lease_state */
   bool in_ck_queue;
   bool ck_inflight;    /* a checkpoint of it is being proposed */
   bool clear_inflight; /* a renewal (checkpoint -1) of it is being proposed */
 };
+CAIRN_STATIC_ASSERT(sizeof(struct lease) == 56, "a lease is 56 bytes");
 
 enum prop_kind { PROP_BARRIER, PROP_REVOKE, PROP_CHECKPOINT, PROP_RENEW };
 
@@ -89,15 +101,20 @@ struct lessor {
   unsigned grants_inflight;
   unsigned streams;
 
-  struct lease **slots; /* hash table, cap a power of two, at most half full */
+  struct lease **chunks; /* the pool: n_chunks chunks of POOL_CHUNK leases */
+  size_t n_chunks;
+  uint32_t pool_used; /* entries handed out at least once */
+  uint32_t free_head; /* freed entries, linked through ck_next */
+
+  uint32_t *slots; /* hash table of pool indices, cap a power of two, <= 3/4 full */
   size_t cap;
   size_t count;
 
-  struct lease **heap;
+  uint32_t *heap; /* pool indices */
   size_t heap_len;
   size_t heap_cap;
 
-  struct lease *ck_head, *ck_tail;
+  uint32_t ck_head, ck_tail;
 };
 
 static void arm_expiry(struct lessor *l);
@@ -112,37 +129,103 @@ static size_t hash_id(int64_t id) {
   return (size_t)(z ^ (z >> 31));
 }
 
+/* ---- pool ----------------------------------------------------------------- */
+
+static struct lease *lease_at(const struct lessor *l, uint32_t i) {
+  return &l->chunks[i >> POOL_CHUNK_SHIFT][i & (POOL_CHUNK - 1)];
+}
+
+/* A zeroed entry from the free list or the pool's end; NULL without memory. */
+static struct lease *pool_get(struct lessor *l) {
+  uint32_t i = l->free_head;
+  if (i != NO_LEASE) {
+    l->free_head = lease_at(l, i)->ck_next;
+  } else {
+    if (l->pool_used == NO_LEASE - 1) {
+      return NULL;
+    }
+    i = l->pool_used;
+    size_t chunk = i >> POOL_CHUNK_SHIFT;
+    if (chunk == l->n_chunks) {
+      struct lease **nc = realloc(l->chunks, (chunk + 1) * sizeof *nc);
+      if (nc == NULL) {
+        return NULL;
+      }
+      l->chunks = nc;
+      if ((nc[chunk] = malloc(POOL_CHUNK * sizeof(struct lease))) == NULL) {
+        return NULL;
+      }
+      l->n_chunks++;
+    }
+    l->pool_used++;
+  }
+  struct lease *e = lease_at(l, i);
+  memset(e, 0, sizeof *e);
+  e->self = i;
+  return e;
+}
+
+static void pool_put(struct lessor *l, struct lease *e) {
+  e->ck_next = l->free_head;
+  l->free_head = e->self;
+}
+
+/* Frees every chunk: the pool starts empty again. */
+static void pool_clear(struct lessor *l) {
+  for (size_t c = 0; c < l->n_chunks; c++) {
+    free(l->chunks[c]);
+  }
+  free(l->chunks);
+  l->chunks = NULL;
+  l->n_chunks = 0;
+  l->pool_used = 0;
+  l->free_head = NO_LEASE;
+}
+
+/* ---- hash table ----------------------------------------------------------- */
+
 static struct lease *table_find(const struct lessor *l, int64_t id) {
   size_t mask = l->cap - 1;
   for (size_t i = hash_id(id) & mask;; i = (i + 1) & mask) {
-    struct lease *e = l->slots[i];
-    if (e == NULL || e->id == id) {
+    if (l->slots[i] == NO_LEASE) {
+      return NULL;
+    }
+    struct lease *e = lease_at(l, l->slots[i]);
+    if (e->id == id) {
       return e;
     }
   }
 }
 
-static void table_place(struct lease **slots, size_t cap, struct lease *e) {
+static void table_place(uint32_t *slots, size_t cap, const struct lease *e) {
   size_t mask = cap - 1;
   size_t i = hash_id(e->id) & mask;
-  while (slots[i] != NULL) {
+  while (slots[i] != NO_LEASE) {
     i = (i + 1) & mask;
   }
-  slots[i] = e;
+  slots[i] = e->self;
+}
+
+static uint32_t *slots_new(size_t cap) {
+  uint32_t *s = malloc(cap * sizeof *s);
+  if (s != NULL) {
+    memset(s, 0xff, cap * sizeof *s); /* NO_LEASE */
+  }
+  return s;
 }
 
 /* Makes room for one more lease in the table and in the heap, so that the
  * insertion and any later heap push cannot fail. */
 static int table_reserve(struct lessor *l) {
-  if ((l->count + 1) * 2 > l->cap) {
+  if ((l->count + 1) * 4 > l->cap * 3) {
     size_t ncap = l->cap * 2;
-    struct lease **ns = calloc(ncap, sizeof *ns);
+    uint32_t *ns = slots_new(ncap);
     if (ns == NULL) {
       return CAIRN_ENOMEM;
     }
     for (size_t i = 0; i < l->cap; i++) {
-      if (l->slots[i] != NULL) {
-        table_place(ns, ncap, l->slots[i]);
+      if (l->slots[i] != NO_LEASE) {
+        table_place(ns, ncap, lease_at(l, l->slots[i]));
       }
     }
     free(l->slots);
@@ -151,7 +234,7 @@ static int table_reserve(struct lessor *l) {
   }
   if (l->count + 1 > l->heap_cap) {
     size_t ncap = l->heap_cap ? l->heap_cap * 2 : TABLE_CAP_MIN;
-    struct lease **nh = realloc(l->heap, ncap * sizeof *nh);
+    uint32_t *nh = realloc(l->heap, ncap * sizeof *nh);
     if (nh == NULL) {
       return CAIRN_ENOMEM;
     }
@@ -164,19 +247,19 @@ static int table_reserve(struct lessor *l) {
 static void table_remove(struct lessor *l, struct lease *e) {
   size_t mask = l->cap - 1;
   size_t i = hash_id(e->id) & mask;
-  while (l->slots[i] != e) {
-    CAIRN_ASSERT(l->slots[i] != NULL);
+  while (l->slots[i] != e->self) {
+    CAIRN_ASSERT(l->slots[i] != NO_LEASE);
     i = (i + 1) & mask;
   }
-  l->slots[i] = NULL;
+  l->slots[i] = NO_LEASE;
   /* Backward shift: move later entries of the probe run into the hole
    * unless their home slot lies cyclically in (hole, j]. */
-  for (size_t j = (i + 1) & mask; l->slots[j] != NULL; j = (j + 1) & mask) {
-    size_t k = hash_id(l->slots[j]->id) & mask;
+  for (size_t j = (i + 1) & mask; l->slots[j] != NO_LEASE; j = (j + 1) & mask) {
+    size_t k = hash_id(lease_at(l, l->slots[j])->id) & mask;
     bool stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
     if (!stays) {
       l->slots[i] = l->slots[j];
-      l->slots[j] = NULL;
+      l->slots[j] = NO_LEASE;
       i = j;
     }
   }
@@ -185,57 +268,63 @@ static void table_remove(struct lessor *l, struct lease *e) {
 
 /* ---- expiry heap ---------------------------------------------------------- */
 
+static struct lease *heap_at(const struct lessor *l, size_t i) {
+  return lease_at(l, l->heap[i]);
+}
+
 static void heap_set(struct lessor *l, size_t i, struct lease *e) {
-  l->heap[i] = e;
-  e->heap_idx = i;
+  l->heap[i] = e->self;
+  e->heap_idx = (uint32_t)i;
 }
 
 static void heap_up(struct lessor *l, size_t i) {
-  struct lease *e = l->heap[i];
+  struct lease *e = heap_at(l, i);
   while (i > 0) {
     size_t p = (i - 1) / 2;
-    if (l->heap[p]->expiry_ms <= e->expiry_ms) {
+    struct lease *pe = heap_at(l, p);
+    if (pe->expiry_ms <= e->expiry_ms) {
       break;
     }
-    heap_set(l, i, l->heap[p]);
+    heap_set(l, i, pe);
     i = p;
   }
   heap_set(l, i, e);
 }
 
 static void heap_down(struct lessor *l, size_t i) {
-  struct lease *e = l->heap[i];
+  struct lease *e = heap_at(l, i);
   for (;;) {
     size_t c = 2 * i + 1;
     if (c >= l->heap_len) {
       break;
     }
-    if (c + 1 < l->heap_len && l->heap[c + 1]->expiry_ms < l->heap[c]->expiry_ms) {
+    if (c + 1 < l->heap_len && heap_at(l, c + 1)->expiry_ms < heap_at(l, c)->expiry_ms) {
       c++;
     }
-    if (e->expiry_ms <= l->heap[c]->expiry_ms) {
+    struct lease *ce = heap_at(l, c);
+    if (e->expiry_ms <= ce->expiry_ms) {
       break;
     }
-    heap_set(l, i, l->heap[c]);
+    heap_set(l, i, ce);
     i = c;
   }
   heap_set(l, i, e);
 }
 
 static void heap_push(struct lessor *l, struct lease *e) {
-  CAIRN_ASSERT(e->heap_idx == NOT_IN_HEAP && l->heap_len < l->heap_cap);
+  CAIRN_ASSERT(e->heap_idx == NO_LEASE && l->heap_len < l->heap_cap);
   heap_set(l, l->heap_len++, e);
   heap_up(l, e->heap_idx);
 }
 
 static void heap_remove(struct lessor *l, struct lease *e) {
   size_t i = e->heap_idx;
-  if (i == NOT_IN_HEAP) {
+  if (e->heap_idx == NO_LEASE) {
     return;
   }
-  CAIRN_ASSERT(i < l->heap_len && l->heap[i] == e);
-  e->heap_idx = NOT_IN_HEAP;
-  struct lease *last = l->heap[--l->heap_len];
+  CAIRN_ASSERT(i < l->heap_len && l->heap[i] == e->self);
+  e->heap_idx = NO_LEASE;
+  struct lease *last = heap_at(l, --l->heap_len);
   if (last != e) {
     heap_set(l, i, last);
     heap_up(l, i);
@@ -245,7 +334,7 @@ static void heap_remove(struct lessor *l, struct lease *e) {
 
 /* Moves e in the heap after its expiry changed (or pushes it). */
 static void heap_update(struct lessor *l, struct lease *e) {
-  if (e->heap_idx == NOT_IN_HEAP) {
+  if (e->heap_idx == NO_LEASE) {
     heap_push(l, e);
     return;
   }
@@ -259,32 +348,38 @@ static void ck_unlink(struct lessor *l, struct lease *e) {
   if (!e->in_ck_queue) {
     return;
   }
-  if (e->ck_prev) {
-    e->ck_prev->ck_next = e->ck_next;
+  if (e->ck_prev != NO_LEASE) {
+    lease_at(l, e->ck_prev)->ck_next = e->ck_next;
   } else {
     l->ck_head = e->ck_next;
   }
-  if (e->ck_next) {
-    e->ck_next->ck_prev = e->ck_prev;
+  if (e->ck_next != NO_LEASE) {
+    lease_at(l, e->ck_next)->ck_prev = e->ck_prev;
   } else {
     l->ck_tail = e->ck_prev;
   }
-  e->ck_prev = e->ck_next = NULL;
+  e->ck_prev = e->ck_next = NO_LEASE;
   e->in_ck_queue = false;
+}
+
+/* Whether a checkpoint due at `due` is due at `now` (serial-number order). */
+static bool ck_reached(uint32_t due, uint64_t now) {
+  return (int32_t)((uint32_t)now - due) >= 0;
 }
 
 static void ck_append(struct lessor *l, struct lease *e, uint64_t now) {
   CAIRN_ASSERT(!e->in_ck_queue);
-  e->ck_due_ms = now + LESSOR_CHECKPOINT_INTERVAL_MS;
-  CAIRN_DEBUG_ASSERT(l->ck_tail == NULL || l->ck_tail->ck_due_ms <= e->ck_due_ms);
+  e->ck_due = (uint32_t)(now + LESSOR_CHECKPOINT_INTERVAL_MS);
+  CAIRN_DEBUG_ASSERT(l->ck_tail == NO_LEASE ||
+                     (int32_t)(e->ck_due - lease_at(l, l->ck_tail)->ck_due) >= 0);
   e->ck_prev = l->ck_tail;
-  e->ck_next = NULL;
-  if (l->ck_tail) {
-    l->ck_tail->ck_next = e;
+  e->ck_next = NO_LEASE;
+  if (l->ck_tail != NO_LEASE) {
+    lease_at(l, l->ck_tail)->ck_next = e->self;
   } else {
-    l->ck_head = e;
+    l->ck_head = e->self;
   }
-  l->ck_tail = e;
+  l->ck_tail = e->self;
   e->in_ck_queue = true;
 }
 
@@ -329,7 +424,7 @@ static int lease_add(struct lessor *l, int64_t id, int64_t ttl_s, int64_t stored
   if (rc != 0) {
     return rc;
   }
-  e = calloc(1, sizeof *e);
+  e = pool_get(l);
   if (e == NULL) {
     return CAIRN_ENOMEM;
   }
@@ -337,7 +432,8 @@ static int lease_add(struct lessor *l, int64_t id, int64_t ttl_s, int64_t stored
   e->ttl_s = ttl_s < l->min_ttl_s ? l->min_ttl_s : ttl_s;
   e->stored_ms = stored_ms;
   e->expiry_ms = EXPIRY_FOREVER;
-  e->heap_idx = NOT_IN_HEAP;
+  e->heap_idx = NO_LEASE;
+  e->ck_prev = e->ck_next = NO_LEASE;
   e->state = LEASE_LIVE;
   table_place(l->slots, l->cap, e);
   l->count++;
@@ -353,7 +449,7 @@ static void lease_del(struct lessor *l, struct lease *e) {
   heap_remove(l, e);
   ck_unlink(l, e);
   table_remove(l, e);
-  free(e);
+  pool_put(l, e);
 }
 
 static void lease_refresh(struct lessor *l, struct lease *e, uint64_t now) {
@@ -362,13 +458,11 @@ static void lease_refresh(struct lessor *l, struct lease *e, uint64_t now) {
 }
 
 static void table_clear(struct lessor *l) {
-  for (size_t i = 0; i < l->cap; i++) {
-    free(l->slots[i]);
-    l->slots[i] = NULL;
-  }
+  memset(l->slots, 0xff, l->cap * sizeof *l->slots); /* NO_LEASE */
+  pool_clear(l);
   l->count = 0;
   l->heap_len = 0;
-  l->ck_head = l->ck_tail = NULL;
+  l->ck_head = l->ck_tail = NO_LEASE;
 }
 
 /* Replaces what the lessor knows with the store's leases. */
@@ -487,12 +581,12 @@ static int propose_barrier(struct lessor *l) {
 
 static void demote(struct lessor *l) {
   for (size_t i = 0; i < l->heap_len; i++) {
-    l->heap[i]->heap_idx = NOT_IN_HEAP;
-    l->heap[i]->expiry_ms = EXPIRY_FOREVER;
+    heap_at(l, i)->heap_idx = NO_LEASE;
+    heap_at(l, i)->expiry_ms = EXPIRY_FOREVER;
   }
   l->heap_len = 0;
-  while (l->ck_head) {
-    ck_unlink(l, l->ck_head);
+  while (l->ck_head != NO_LEASE) {
+    ck_unlink(l, lease_at(l, l->ck_head));
   }
   if (l->role != ROLE_FOLLOWER) {
     server_log(LOG_INFO, "lessor: demoted (term %llu)", (unsigned long long)l->term);
@@ -512,8 +606,8 @@ static void promote(struct lessor *l) {
   l->role = ROLE_LEADER;
   uint64_t now = l->now(l);
   for (size_t i = 0; i < l->cap; i++) {
-    if (l->slots[i] != NULL) {
-      lease_start(l, l->slots[i], now, l->extend_ms);
+    if (l->slots[i] != NO_LEASE) {
+      lease_start(l, lease_at(l, l->slots[i]), now, l->extend_ms);
     }
   }
   arm_expiry(l);
@@ -535,8 +629,8 @@ int lessor_store_replaced(struct lessor *l) {
   if (l->role == ROLE_LEADER) {
     uint64_t now = l->now(l);
     for (size_t i = 0; i < l->cap; i++) {
-      if (l->slots[i] != NULL) {
-        lease_start(l, l->slots[i], now, l->extend_ms);
+      if (l->slots[i] != NO_LEASE) {
+        lease_start(l, lease_at(l, l->slots[i]), now, l->extend_ms);
       }
     }
   }
@@ -577,9 +671,9 @@ static void track_leadership(struct lessor *l) {
 /* Revokes the expired leases at the top of the heap, as many as the bound
  * on revocations in flight allows. */
 static void expire_due(struct lessor *l, uint64_t now) {
-  while (leading(l) && l->heap_len > 0 && l->heap[0]->expiry_ms <= now &&
+  while (leading(l) && l->heap_len > 0 && heap_at(l, 0)->expiry_ms <= now &&
          l->revokes_inflight < LESSOR_REVOKES_INFLIGHT_MAX) {
-    struct lease *e = l->heap[0];
+    struct lease *e = heap_at(l, 0);
     heap_remove(l, e);
     ck_unlink(l, e);
     e->state = LEASE_EXPIRED;
@@ -599,7 +693,7 @@ static void arm_expiry(struct lessor *l) {
   }
   uint64_t at = EXPIRY_FOREVER;
   if (leading(l) && l->heap_len > 0 && l->revokes_inflight < LESSOR_REVOKES_INFLIGHT_MAX) {
-    at = l->heap[0]->expiry_ms;
+    at = heap_at(l, 0)->expiry_ms;
   }
   if (at == l->expiry_armed_ms) {
     return;
@@ -615,10 +709,10 @@ static void arm_expiry(struct lessor *l) {
 
 static void checkpoint_due(struct lessor *l, uint64_t now) {
   unsigned proposed = 0;
-  while (leading(l) && l->ck_head != NULL && l->ck_head->ck_due_ms <= now &&
+  while (leading(l) && l->ck_head != NO_LEASE && ck_reached(lease_at(l, l->ck_head)->ck_due, now) &&
          proposed < LESSOR_CHECKPOINTS_PER_TICK &&
          l->checkpoints_inflight < LESSOR_CHECKPOINTS_INFLIGHT_MAX) {
-    struct lease *e = l->ck_head;
+    struct lease *e = lease_at(l, l->ck_head);
     ck_unlink(l, e);
     if (e->state != LEASE_LIVE || e->expiry_ms <= now) {
       continue; /* expiring: the revocation takes it out */
@@ -673,7 +767,7 @@ static void revoke_done(struct lessor *l, int64_t id, int err) {
     if (e != NULL) {
       lease_del(l, e);
     }
-  } else if (e != NULL && e->state == LEASE_EXPIRED && leading(l) && e->heap_idx == NOT_IN_HEAP) {
+  } else if (e != NULL && e->state == LEASE_EXPIRED && leading(l) && e->heap_idx == NO_LEASE) {
     server_log(LOG_WARN, "lessor: revoke of expired lease %lld failed, retrying: %s", (long long)id,
                cairn_strerror(err));
     e->expiry_ms = now + LESSOR_REVOKE_RETRY_MS;
@@ -754,7 +848,8 @@ int lessor_init(struct server *s) {
   l->min_ttl_s = ((int64_t)election_ms * 3 + 1999) / 2000;
   l->extend_ms = election_ms;
   l->cap = TABLE_CAP_MIN;
-  l->slots = calloc(l->cap, sizeof *l->slots);
+  l->free_head = l->ck_head = l->ck_tail = NO_LEASE;
+  l->slots = slots_new(l->cap);
   if (l->slots == NULL) {
     free(l);
     return CAIRN_ENOMEM;

@@ -233,28 +233,42 @@ static int64_t remaining(int64_t id) {
   return lessor_remaining_ms(srv.lessor, &rec);
 }
 
-/* Checks the heap order and the index back-pointers, and the table count. */
+/* Checks the heap order and the index back-pointers, the table count, the
+ * checkpoint queue's order and links, and that every pool entry is either
+ * in the table or on the free list. */
 static void check_invariants(void) {
   struct lessor *l = srv.lessor;
   for (size_t i = 0; i < l->heap_len; i++) {
-    CHECK(l->heap[i]->heap_idx == i);
+    CHECK(heap_at(l, i)->heap_idx == i);
     if (i > 0) {
-      CHECK(l->heap[(i - 1) / 2]->expiry_ms <= l->heap[i]->expiry_ms);
+      CHECK(heap_at(l, (i - 1) / 2)->expiry_ms <= heap_at(l, i)->expiry_ms);
     }
   }
   size_t n = 0;
   for (size_t i = 0; i < l->cap; i++) {
-    if (l->slots[i] != NULL) {
+    if (l->slots[i] != NO_LEASE) {
       n++;
-      CHECK(table_find(l, l->slots[i]->id) == l->slots[i]);
+      struct lease *e = lease_at(l, l->slots[i]);
+      CHECK(e->self == l->slots[i]);
+      CHECK(table_find(l, e->id) == e);
     }
   }
   CHECK_EQ_INT(n, l->count);
-  uint64_t prev = 0;
-  for (struct lease *e = l->ck_head; e != NULL; e = e->ck_next) {
-    CHECK(e->ck_due_ms >= prev);
-    prev = e->ck_due_ms;
+  size_t free_n = 0;
+  for (uint32_t i = l->free_head; i != NO_LEASE; i = lease_at(l, i)->ck_next) {
+    free_n++;
   }
+  CHECK_EQ_INT(n + free_n, l->pool_used);
+  uint32_t prev = NO_LEASE;
+  for (uint32_t i = l->ck_head; i != NO_LEASE; i = lease_at(l, i)->ck_next) {
+    struct lease *e = lease_at(l, i);
+    CHECK(e->in_ck_queue && e->ck_prev == prev);
+    if (prev != NO_LEASE) {
+      CHECK((int32_t)(e->ck_due - lease_at(l, prev)->ck_due) >= 0);
+    }
+    prev = i;
+  }
+  CHECK(l->ck_tail == prev);
 }
 
 /* A renewal callback that records its outcome. */
