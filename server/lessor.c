@@ -622,8 +622,7 @@ static void promote(struct lessor *l) {
 int lessor_store_replaced(struct lessor *l) {
   int rc = load_all(l);
   if (rc != 0) {
-    server_log(LOG_ERROR, "lessor: cannot load leases from the new store: %s",
-               cairn_strerror(rc));
+    server_log(LOG_ERROR, "lessor: cannot load leases from the new store: %s", cairn_strerror(rc));
     return rc;
   }
   if (l->role == ROLE_LEADER) {
