@@ -138,6 +138,79 @@ class RssSampler(threading.Thread):
         self.join()
 
 
+class MemCgroup:
+    """A memory cgroup (v1) of its own for one server process, so that its
+    page cache is measured with its heap: memory.max_usage_in_bytes counts
+    the anonymous memory and the file pages charged to the group (the pages
+    the server brought into the page cache: written or read files, mapped or
+    not). RSS counts file pages only while they are mapped, so it leaves out
+    what a server wrote with write() and never mapped. None where the memory
+    controller cannot be used (no v1 hierarchy, no permission)."""
+
+    root = None  # our own memory cgroup directory, found once
+
+    @classmethod
+    def base(cls):
+        if cls.root is None:
+            cls.root = ""
+            try:
+                with open("/proc/self/cgroup") as f:
+                    for line in f:
+                        parts = line.rstrip("\n").split(":", 2)
+                        if len(parts) == 3 and "memory" in parts[1].split(","):
+                            d = "/sys/fs/cgroup/memory" + parts[2]
+                            if os.access(d, os.W_OK):
+                                cls.root = d
+            except OSError:
+                pass
+        return cls.root or None
+
+    def __init__(self, pid):
+        self.dir = None
+        base = MemCgroup.base()
+        if base is None:
+            return
+        d = os.path.join(base, "cairn-compare-%d-%d" % (os.getpid(), pid))
+        try:
+            os.mkdir(d)
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+            self.dir = d
+        except OSError:
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+
+    def _rw(self, name, value=None):
+        if self.dir is None:
+            return None
+        try:
+            if value is not None:
+                with open(os.path.join(self.dir, name), "w") as f:
+                    f.write(value)
+                return None
+            with open(os.path.join(self.dir, name)) as f:
+                return int(f.read().split()[0])
+        except (OSError, ValueError):
+            return None
+
+    def reset_peak(self):
+        self._rw("memory.max_usage_in_bytes", "0")
+
+    def peak(self):
+        return self._rw("memory.max_usage_in_bytes")
+
+    def remove(self):
+        """After the process exited: its pages are charged to the parent."""
+        if self.dir is not None:
+            try:
+                os.rmdir(self.dir)
+            except OSError:
+                pass
+            self.dir = None
+
+
 # ---------------------------------------------------------------- ports
 
 
@@ -185,6 +258,7 @@ class Cluster:
         self.client_ports = [base_port + 2 * i for i in range(members)]
         self.peer_ports = [base_port + 2 * i + 1 for i in range(members)]
         self.procs = []
+        self.cgroups = []
         self.logs = []
 
     @property
@@ -221,6 +295,7 @@ class Cluster:
             self.procs.append(subprocess.Popen(args, stdout=lf, stderr=subprocess.STDOUT,
                                                stdin=subprocess.DEVNULL, env=env,
                                                start_new_session=True))
+            self.cgroups.append(MemCgroup(self.procs[-1].pid))
             lf.close()
 
     def pids(self):
@@ -271,6 +346,8 @@ class Cluster:
                 except OSError:
                     pass
                 p.wait()
+        for g in self.cgroups:
+            g.remove()
 
 
 # ---------------------------------------------------------------- plan
@@ -431,6 +508,8 @@ class Runner:
                 pids = cl.pids()
                 for p in pids:
                     reset_hwm(p)
+                for g in cl.cgroups:
+                    g.reset_peak()
                 cpu0 = [cpu_seconds(p) or 0.0 for p in pids]
                 sampler = RssSampler(pids)
                 sampler.start()
@@ -438,6 +517,7 @@ class Runner:
                 sampler.stop()
                 status = [read_status(p) or {} for p in pids]
                 hwm = [x.get("VmHWM") for x in status]
+                cgpeak = [g.peak() for g in cl.cgroups]
                 cpu1 = [cpu_seconds(p) for p in pids]
                 disk = [disk_usage(m) for m in cl.member_dirs()]
                 s = {"step": st["name"], "measure": st["measure"],
@@ -445,6 +525,8 @@ class Runner:
                      "rc": rc, "wall_s": round(wall, 3),
                      "peak_rss_bytes_members": hwm,
                      "peak_rss_bytes": max([h for h in hwm if h] or [0]),
+                     "peak_cgroup_bytes_members": cgpeak,
+                     "peak_cgroup_bytes": (max(cgpeak) if cgpeak and None not in cgpeak else None),
                      "sampled_rss_max_bytes_members": [sampler.max[p] for p in pids],
                      "sampled_anon_max_bytes_members": [sampler.anon[p] for p in pids],
                      "sampled_anon_max_bytes": max([sampler.anon[p] for p in pids] or [0]),
@@ -470,9 +552,11 @@ class Runner:
                     s["server_log"] = cl.log_tail()
                 rec["steps"].append(s)
                 if res:
-                    log("%-5s %-14s %dm %-8s %10.0f/s p99 %8.0f us rss %6.1f MiB disk %7.1f MiB" % (
+                    cg = s["peak_cgroup_bytes"]
+                    log("%-5s %-14s %dm %-8s %10.0f/s p99 %8.0f us rss %6.1f MiB%s disk %7.1f MiB" % (
                         kind, w["name"], w["members"], st["name"], primary_rate(res) or 0,
-                        primary_p99(res) or 0, s["peak_rss_bytes"] / MiB, s["disk_bytes"] / MiB))
+                        primary_p99(res) or 0, s["peak_rss_bytes"] / MiB,
+                        "" if cg is None else " with cache %6.1f MiB" % (cg / MiB), s["disk_bytes"] / MiB))
                 if not cl.alive():
                     rec["error"] = "a server exited during %s" % st["name"]
                     break
@@ -591,6 +675,10 @@ def compare(runs):
     return rows
 
 
+def mib_or_none(v):
+    return v / MiB if v is not None else None
+
+
 def compare_pass(wname, members, sname, sides):
     """The rows of one pass: etcd's and Cairn's run of one step."""
     rows = []
@@ -618,6 +706,8 @@ def compare_pass(wname, members, sname, sides):
         ("peak RSS", "rss", es["peak_rss_bytes"] / MiB, cs["peak_rss_bytes"] / MiB, "MiB"),
         ("peak anon RSS", "anon", es["sampled_anon_max_bytes"] / MiB, cs["sampled_anon_max_bytes"] / MiB,
          "MiB"),
+        ("peak memory with page cache", "cgroup", mib_or_none(es.get("peak_cgroup_bytes")),
+         mib_or_none(cs.get("peak_cgroup_bytes")), "MiB"),
         ("disk", "disk", es["disk_bytes"] / MiB, cs["disk_bytes"] / MiB, "MiB"),
         ("server CPU", "cpu", es["server_cpu_s"], cs["server_cpu_s"], "s"),
     ]
@@ -684,8 +774,9 @@ def markdown(rows, goals, srows, doc):
         "" if passes == 1 else "; %d passes: figures are medians, ratios the median of the passes' "
         "ratios (their range in parentheses)" % passes),
         "| workload | etcd /s | Cairn /s | ratio | etcd p99 ms | Cairn p99 ms | ratio | "
-        "etcd peak RSS MiB | Cairn peak RSS MiB | ratio | anon RSS ratio | disk ratio | CPU ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        "etcd peak RSS MiB | Cairn peak RSS MiB | ratio | anon RSS ratio | with page cache ratio | "
+        "disk ratio | CPU ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     by = {}
     for r in rows:
         wname = r["workload"] if r["step"] == r["workload"] else "%s/%s" % (r["workload"], r["step"])
@@ -707,7 +798,8 @@ def markdown(rows, goals, srows, doc):
             cell(m, "throughput", "etcd"), cell(m, "throughput", "cairn"), cell(m, "throughput", "ratio"),
             cell(m, "p99", "etcd", 1000.0, 2), cell(m, "p99", "cairn", 1000.0, 2), cell(m, "p99", "ratio"),
             cell(m, "rss", "etcd", 1.0, 1), cell(m, "rss", "cairn", 1.0, 1), cell(m, "rss", "ratio"),
-            cell(m, "anon", "ratio"), cell(m, "disk", "ratio"), cell(m, "cpu", "ratio"))) + "|")
+            cell(m, "anon", "ratio"), cell(m, "cgroup", "ratio"), cell(m, "disk", "ratio"),
+            cell(m, "cpu", "ratio"))) + "|")
     notes = sorted({"%s (%dm): %s" % (r["workload"], r["members"], r["notes"]) for r in rows if r["notes"]})
     for n in notes:
         out.append("\nNote: %s" % n)
