@@ -42,11 +42,13 @@ struct mvcc_arena;
 /* One compaction step removes at most this many history entries. */
 #define MVCC_COMPACT_STEP_DEFAULT 10000u
 /* The store drops its mapping of the data file (pages read later are mapped
- * again from the page cache) each time the file grew by this much, or after
- * this many write commits: see storage/mvcc_release.c. What stays mapped is
- * then what was read since, not the whole file. */
+ * again from the page cache): all but its last MVCC_RELEASE_KEEP_BYTES each
+ * time the file grew by MVCC_RELEASE_BYTES, all of it after
+ * MVCC_RELEASE_COMMITS write commits; see storage/mvcc_release.c. What stays
+ * mapped is then what was read since, not the whole file. */
 #define MVCC_RELEASE_BYTES (1u << 20)
-#define MVCC_RELEASE_COMMITS 1024u
+#define MVCC_RELEASE_KEEP_BYTES (8u << 20)
+#define MVCC_RELEASE_COMMITS 4096u
 
 struct mvcc_options {
   uint64_t quota_bytes;     /* 0: MVCC_QUOTA_BYTES_DEFAULT */

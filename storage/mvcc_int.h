@@ -167,8 +167,8 @@ void store_park_rtxn(mvcc_store *s);
 /* Grows the map after MDB_MAP_FULL; CAIRN_ENOSPACE at the maximum. */
 int store_grow_map(mvcc_store *s);
 /* After each committed write transaction: file_end is the data file's size
- * in use. Drops the mapping of the file every MVCC_RELEASE_BYTES of growth or
- * MVCC_RELEASE_COMMITS commits (mvcc_release.c). */
+ * in use. Drops (part of) the mapping of the file every MVCC_RELEASE_BYTES
+ * of growth or MVCC_RELEASE_COMMITS commits (mvcc_release.c). */
 void store_note_commit(mvcc_store *s, uint64_t file_end);
 /* A sync marker for a file synced as a whole (any transaction), this boot. */
 void mvcc_sync_marker_full(uint8_t buf[MVCC_SYNC_MARKER_BYTES]);
