@@ -29,17 +29,23 @@ static void tick(uv_timer_t *t) {
 }
 
 static bool run_until(uv_loop_t *loop, bool (*pred)(void *), void *arg, unsigned ms) {
-  uv_timer_t t;
-  uv_timer_init(loop, &t);
-  uv_timer_start(&t, tick, 2, 2);
   uint64_t end = now_ms() + ms;
-  bool ok;
-  while (!(ok = pred(arg)) && now_ms() < end) {
-    uv_run(loop, UV_RUN_ONCE);
+  for (;;) {
+    uv_timer_t t;
+    uv_timer_init(loop, &t);
+    uv_timer_start(&t, tick, 2, 2);
+    bool ok;
+    while (!(ok = pred(arg)) && now_ms() < end) {
+      uv_run(loop, UV_RUN_ONCE);
+    }
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(loop, UV_RUN_NOWAIT); /* the close completes in this turn */
+    /* That turn may have run other callbacks too (a snapshot's checkpoint
+     * starting, say): the caller acts on pred, so it must still hold. */
+    if (!ok || pred(arg)) {
+      return ok;
+    }
   }
-  uv_close((uv_handle_t *)&t, NULL);
-  uv_run(loop, UV_RUN_NOWAIT);
-  return ok;
 }
 
 static bool flag_set(void *arg) {
