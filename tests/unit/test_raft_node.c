@@ -14,40 +14,9 @@
 #include "raft/memberid.h"
 #include "raft/raftnode.h"
 #include "test.h"
+#include "test_loop.h"
 
 /* ---- plumbing ------------------------------------------------------------- */
-
-static uint64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void tick(uv_timer_t *t) {
-  (void)t;
-}
-
-/* Runs loop until pred(arg) holds or ms pass; a ticking timer keeps the loop
- * from sleeping in poll. */
-static bool run_until(uv_loop_t *loop, bool (*pred)(void *), void *arg, unsigned ms) {
-  uint64_t end = now_ms() + ms;
-  for (;;) {
-    uv_timer_t t;
-    uv_timer_init(loop, &t);
-    uv_timer_start(&t, tick, 2, 2);
-    bool ok;
-    while (!(ok = pred(arg)) && now_ms() < end) {
-      uv_run(loop, UV_RUN_ONCE);
-    }
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(loop, UV_RUN_NOWAIT); /* the close completes in this turn */
-    /* That turn may have run other callbacks too (a snapshot's checkpoint
-     * starting, say): the caller acts on pred, so it must still hold. */
-    if (!ok || pred(arg)) {
-      return ok;
-    }
-  }
-}
 
 static bool flag_set(void *arg) {
   return *(bool *)arg;
