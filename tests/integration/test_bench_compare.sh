@@ -57,6 +57,11 @@ for r in runs:
     need(max(s["sampled_rss_max_bytes_members"]) > 1 << 20, where + "sampled RSS")
     need(s["disk_bytes"] > 0 and s["disk_apparent_bytes"] > 0, where + "disk")
     need(s["server_cpu_s"] >= 0 and s["servers_alive"], where + "CPU, alive")
+    # Peak memory with page cache: a memory cgroup per member where the
+    # machine lets the script make one (None elsewhere), never a made-up 0.
+    cg = s["peak_cgroup_bytes_members"]
+    need(len(cg) == 1 and s["peak_cgroup_bytes"] == cg[0], where + "cgroup peak %s" % cg)
+    need(cg[0] is None or cg[0] > 1 << 16, where + "cgroup peak %s" % cg)
 rows = d["comparisons"]
 keys = sorted((r["workload"], r["key"]) for r in rows)
 for w in ("put", "range-s"):
@@ -69,6 +74,11 @@ for r in rows:
     if r["goal"]:
         need(isinstance(r["pass"], bool), "pass of %s %s" % (r["workload"], r["key"]))
 need(any(g["goal"].startswith("peak RSS") for g in d["goals"]), "the RSS goal")
+for w in ("put", "range-s"):
+    cg = [r for r in rows if r["workload"] == w and r["key"] == "cgroup"]
+    need(len(cg) == 1, "comparison %s cgroup" % w)
+    measured = all(x["steps"][0]["peak_cgroup_bytes"] is not None for x in runs if x["workload"] == w)
+    need((cg[0]["ratio"] is not None) == measured, "ratio of %s cgroup: %s" % (w, cg[0]["ratio"]))
 print("ok")
 PY
 assert_eq 0 "$IT_RC" "JSON check ($(cat "$IT_TMP/out"))"
