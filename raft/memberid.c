@@ -1,5 +1,12 @@
 /* raft/memberid.c: etcd-compatible member and cluster ids (SHA-1 through
- * OpenSSL's EVP interface). */
+ * OpenSSL's low-level SHA1_* functions).
+ *
+ * Not EVP: in OpenSSL 3 the first EVP digest loads and initialises the
+ * default provider, which touches about 1.8 MiB of libcrypto that then stays
+ * resident for the life of the daemon, for a few hashes at start. SHA1_* are
+ * deprecated since 3.0 but still built and supported, and they run without
+ * a provider. (TLS and the snapshot checksums use EVP; they load the
+ * provider when, and only if, they are used.) */
 #include "memberid.h"
 
 #include <arpa/inet.h>
@@ -9,7 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
+/* Declares SHA1_Init and friends without the deprecation warning. */
+#define OPENSSL_API_COMPAT 0x10100000L
+#include <openssl/sha.h>
 
 #include "common/cairn_assert.h"
 
@@ -24,9 +33,9 @@ struct url {
 
 /* The first 8 bytes of SHA-1(data), big-endian. */
 static int sha1_u64(const void *data, size_t len, uint64_t *out) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int md_len = 0;
-  if (EVP_Digest(data, len, md, &md_len, EVP_sha1(), NULL) != 1 || md_len < 8) {
+  unsigned char md[SHA_DIGEST_LENGTH];
+  SHA_CTX c;
+  if (SHA1_Init(&c) != 1 || SHA1_Update(&c, data, len) != 1 || SHA1_Final(md, &c) != 1) {
     fprintf(stderr, "cairn: raft: SHA-1 failed\n");
     return CAIRN_EIO;
   }
