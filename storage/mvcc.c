@@ -482,6 +482,9 @@ static int store_env_open(mvcc_store *s) {
   if (rc == 0) {
     rc = marker_sync_now(s);
   }
+  if (rc == 0) {
+    store_map_changed(s);
+  }
   if (rc != 0) {
     if (s->marker_fd >= 0) {
       close(s->marker_fd);
@@ -525,6 +528,7 @@ int mvcc_open(const char *dir, const struct mvcc_options *opts, mvcc_store **out
     s->map_size = s->map_size_max;
   }
   s->marker_fd = -1;
+  s->uffd = -1;
   s->dir = strdup(dir);
   if (s->dir == NULL) {
     free(s);
@@ -575,6 +579,9 @@ void mvcc_close(mvcc_store *s) {
   if (s->marker_fd >= 0) {
     close(s->marker_fd);
   }
+  if (s->uffd >= 0) {
+    close(s->uffd);
+  }
   pthread_mutex_destroy(&s->export_lock);
   free(s->dir);
   free(s);
@@ -584,6 +591,7 @@ void mvcc_close(mvcc_store *s) {
  * file). */
 int store_reopen(mvcc_store *s) {
   store_drop_rtxn(s);
+  s->map_exact = false;
   mdb_env_close(s->env);
   s->env = NULL;
   close(s->marker_fd);
@@ -611,6 +619,7 @@ int store_grow_map(mvcc_store *s) {
     return lmdb_err(rc, "grow map");
   }
   s->map_size = want;
+  store_map_changed(s);
   return 0;
 }
 

@@ -427,6 +427,11 @@ int mvcc_defrag(mvcc_store *s);
 int mvcc_fd(const mvcc_store *s);
 /* How many times the store dropped its mapping of the data file. */
 uint64_t mvcc_map_releases(const mvcc_store *s);
+/* Whether a read of the data file maps only the page it reads (fault-around
+ * off: Linux 6.7 or later with userfaultfd allowed; storage/mvcc_release.c). */
+bool mvcc_map_exact(const mvcc_store *s);
+/* Pages of finished history leaves unmapped (exact mapping only). */
+uint64_t mvcc_map_unmapped(const mvcc_store *s);
 
 /* The sync marker: a small file beside the data file that says up to which
  * LMDB transaction the data file is known to be on disk, and in which boot of

@@ -102,6 +102,16 @@ struct mvcc_store {
   uint64_t release_at;      /* file end at the last release */
   uint32_t release_commits; /* write commits since then */
   uint64_t releases;        /* releases done */
+  /* The userfaultfd whose registration of the mapping turns fault-around off
+   * (mvcc_release.c); -1: not made yet, -2: not available here. */
+  int uffd;
+  bool map_exact; /* the current mapping is registered */
+  uintptr_t map_start, map_end; /* the registered mapping */
+  /* The first key of hist's right-most leaf at the last walk, if have_edge
+   * (mvcc_release.c: unmap_finished). */
+  uint8_t hist_edge[HIST_KEY_LEN];
+  bool have_edge;
+  uint64_t hist_unmapped; /* pages of finished hist leaves unmapped */
 };
 
 /* The view an operation reads and writes through. */
@@ -170,6 +180,9 @@ int store_grow_map(mvcc_store *s);
  * in use. Drops (part of) the mapping of the file every MVCC_RELEASE_BYTES
  * of growth or MVCC_RELEASE_COMMITS commits (mvcc_release.c). */
 void store_note_commit(mvcc_store *s, uint64_t file_end);
+/* After LMDB (re)mapped the data file: registers the new mapping so that a
+ * read fault maps only its own page (mvcc_release.c). */
+void store_map_changed(mvcc_store *s);
 /* A sync marker for a file synced as a whole (any transaction), this boot. */
 void mvcc_sync_marker_full(uint8_t buf[MVCC_SYNC_MARKER_BYTES]);
 int meta_put_raw(MDB_txn *txn, MDB_dbi dbi, const char *name, const void *p, size_t n);
