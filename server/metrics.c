@@ -520,6 +520,15 @@ int metrics_render(struct server *s, char **out, size_t *len) {
     tb_gauge(&b, "etcd_debugging_mvcc_compact_revision",
              "The revision of the last compaction in store.",
              (double)mvcc_compacted_revision(s->store));
+    tb_gauge_u64(&b, "cairn_storage_map_exact",
+                 "1 if a read of the data file maps only the page it reads (fault-around off).",
+                 mvcc_map_exact(s->store) ? 1 : 0);
+    tb_counter_u64(&b, "cairn_storage_map_releases_total",
+                   "Times the store dropped (part of) its mapping of the data file.",
+                   mvcc_map_releases(s->store));
+    tb_counter_u64(&b, "cairn_storage_map_unmapped_pages_total",
+                   "Pages of finished history leaves unmapped after commits.",
+                   mvcc_map_unmapped(s->store));
   }
 
   /* Watchers and leases. */

@@ -56,12 +56,14 @@ for m in etcd_server_has_leader:gauge etcd_server_is_leader:gauge etcd_server_le
   etcd_server_proposals_pending:gauge etcd_server_proposals_failed_total:counter \
   etcd_server_quota_backend_bytes:gauge etcd_mvcc_db_total_size_in_bytes:gauge \
   etcd_mvcc_put_total:counter etcd_disk_wal_fsync_duration_seconds:histogram \
-  etcd_disk_backend_commit_duration_seconds:histogram; do
+  etcd_disk_backend_commit_duration_seconds:histogram cairn_storage_map_exact:gauge \
+  cairn_storage_map_releases_total:counter cairn_storage_map_unmapped_pages_total:counter; do
   grep -qx "# TYPE ${m%%:*} ${m#*:}" "$IT_TMP/out" || it_fail "/metrics lacks '# TYPE ${m%%:*} ${m#*:}'"
 done
 assert_eq 1 "$(metric etcd_server_has_leader)" "etcd_server_has_leader"
 assert_eq 1 "$(metric etcd_server_is_leader)" "etcd_server_is_leader"
 assert_eq 0 "$(metric etcd_server_proposals_pending)" "etcd_server_proposals_pending"
+assert_match '^[01]$' "$(metric cairn_storage_map_exact)" "cairn_storage_map_exact"
 quota=$(metric etcd_server_quota_backend_bytes)
 awk -v v="$quota" 'BEGIN { exit !(v == 2147483648) }' ||
   it_fail "etcd_server_quota_backend_bytes: expected 2147483648 (the 2 GiB default), got $quota"
