@@ -7,9 +7,11 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -531,8 +533,7 @@ static void on_stop_tick(uv_timer_t *t) {
    * our applies, and for every entry in the leader's log to be applied. */
   bool appending =
       raft_state(n->r) == RAFT_LEADER && raft_last_index(n->r) > raft_last_applied(n->r);
-  bool busy =
-      n->outstanding > 0 || appending || readindex_busy(n) || fsm_flush(&n->fsm) != 0;
+  bool busy = n->outstanding > 0 || appending || readindex_busy(n) || fsm_flush(&n->fsm) != 0;
   if (busy && uv_now(n->loop) < n->stop_deadline_ms) {
     return;
   }
@@ -592,6 +593,41 @@ static int start_failed(raftnode *n, int rc) {
   n->closed_cb = NULL;
   close_raft(n);
   return rc;
+}
+
+/* raft_start() says only "I/O error" when its peer listener cannot bind
+ * (libraft's message is empty). A bind of our own to the same address tells
+ * whether that was it, to say so as etcd does ("address already in use"). */
+static void explain_listen_failure(const char *address) {
+  char host[MEMBERID_ADDRESS_MAX];
+  snprintf(host, sizeof host, "%s", address);
+  char *colon = strrchr(host, ':');
+  if (colon == NULL) {
+    return;
+  }
+  *colon = 0;
+  const char *port = colon + 1;
+  char *h = host;
+  if (*h == '[' && colon > h && colon[-1] == ']') { /* [v6]:port */
+    h++;
+    colon[-1] = 0;
+  }
+  struct addrinfo hints = {
+      .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+  struct addrinfo *ai = NULL;
+  if (getaddrinfo(h, port, &hints, &ai) != 0 || ai == NULL) {
+    return;
+  }
+  int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0) {
+    int one = 1; /* as libuv binds */
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+      fprintf(stderr, "cairn: raft: listen for peers on %s: %s\n", address, strerror(errno));
+    }
+    close(fd);
+  }
+  freeaddrinfo(ai);
 }
 
 int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_options *opts,
@@ -753,6 +789,7 @@ int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_opt
   if (rv != 0) {
     fprintf(stderr, "cairn: raft: start: %s%s%s\n", raft_strerror(rv),
             *raft_errmsg(n->r) ? ": " : "", raft_errmsg(n->r));
+    explain_listen_failure(self_address);
     return start_failed(n, n->fsm.restore_error ? n->fsm.restore_error : raft_to_cairn(rv));
   }
   *out = n;

@@ -42,4 +42,24 @@ grep -q "trusted-ca-file" <<<"$err" || fail "client-cert-auth message: $err"
 err=$("$cairn" --listen-client-urls nonsense 2>&1); rc=$?
 [ $rc -eq 2 ] || fail "bad URL exited $rc"
 
+# A peer port another process holds: the start fails and says which address
+# and why (libraft alone says only "I/O error").
+tmp=$(mktemp -d)
+/usr/bin/python3 -c '
+import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+print(s.getsockname()[1], flush=True); time.sleep(30)' >"$tmp/port" &
+holder=$!
+for _ in $(seq 50); do [ -s "$tmp/port" ] && break; sleep 0.1; done
+pp=$(cat "$tmp/port")
+[ -n "$pp" ] || fail "no port from the holder"
+err=$(timeout 20 "$cairn" --name m0 --data-dir "$tmp/d" --listen-client-urls http://127.0.0.1:0 \
+  --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
+  --initial-cluster "m0=http://127.0.0.1:$pp" 2>&1); rc=$?
+kill "$holder" 2>/dev/null; wait "$holder" 2>/dev/null
+rm -rf "$tmp"
+[ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "a held peer port: exited $rc"
+grep -q "listen for peers on 127.0.0.1:$pp: Address already in use" <<<"$err" ||
+  fail "held peer port message: $err"
+
 echo "PASS test_flags"
