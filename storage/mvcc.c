@@ -592,6 +592,7 @@ void mvcc_close(mvcc_store *s) {
 int store_reopen(mvcc_store *s) {
   store_drop_rtxn(s);
   s->map_exact = false;
+  s->map_start = s->map_end = 0; /* mdb_env_close() unmaps it */
   mdb_env_close(s->env);
   s->env = NULL;
   close(s->marker_fd);

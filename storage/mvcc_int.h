@@ -106,7 +106,9 @@ struct mvcc_store {
    * (mvcc_release.c); -1: not made yet, -2: not available here. */
   int uffd;
   bool map_exact; /* the current mapping is registered */
-  uintptr_t map_start, map_end; /* the registered mapping */
+  /* The mapping of the data file, looked up after each (re)map
+   * (store_map_changed); 0 when unknown. */
+  uintptr_t map_start, map_end;
   /* The first key of hist's right-most leaf at the last walk, if have_edge
    * (mvcc_release.c: unmap_finished). */
   uint8_t hist_edge[HIST_KEY_LEN];

@@ -57,9 +57,9 @@
 #include "storage/mvcc_int.h"
 
 /* The address range of the mapping of the data file at offset 0, from
- * /proc/self/maps, matched by device and inode. Read anew at each release:
- * only the owner remaps (store_grow_map, store_reopen) and the owner is the
- * caller, so the range cannot change between the lookup and the madvise. */
+ * /proc/self/maps, matched by device and inode. Read after each (re)map
+ * (store_map_changed), and kept: only the owner remaps (store_env_open,
+ * store_grow_map), on the thread that also releases. */
 static int map_find(mvcc_store *s, uintptr_t *start, uintptr_t *end) {
   int fd = mvcc_fd(s);
   struct stat st;
@@ -171,9 +171,9 @@ void store_note_commit(mvcc_store *s, uint64_t file_end) {
     return; /* an exact mapping holds no neighbours: the commit count will do */
   }
   s->release_at = file_end;
-  uintptr_t start, end;
-  if (map_find(s, &start, &end) != 0) {
-    return; /* not found (unlikely): the mapping stays as it is */
+  uintptr_t start = s->map_start, end = s->map_end;
+  if (start == 0) {
+    return; /* not found at the last remap (unlikely): it stays as it is */
   }
   if (all) {
     s->release_commits = 0;
@@ -217,6 +217,7 @@ static int uffd_get(mvcc_store *s) {
 void store_map_changed(mvcc_store *s) {
   s->map_exact = false;
   s->have_edge = false;
+  s->map_start = s->map_end = 0;
   uintptr_t start, end;
   if (s->env == NULL || map_find(s, &start, &end) != 0) {
     return;
