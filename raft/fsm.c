@@ -289,6 +289,54 @@ bool fsm_store_holds(const struct fsm *f, uint64_t index) {
   return f->n_queued == 0 || f->queue[0].index > index;
 }
 
+/* Whether a batch may be answered before its commit: key-value ops only.
+ * The others' answers (leases, members, alarms, compaction) update state
+ * that may be read back from the store at once. */
+static bool early_answers(const struct fsm *f) {
+  if (f->on_answered == NULL) {
+    return false;
+  }
+  for (size_t i = 0; i < f->n_queued; i++) {
+    enum mvcc_op_type t = f->queue[i].op.type;
+    if (t != MVCC_OP_PUT && t != MVCC_OP_DELETE && t != MVCC_OP_TXN && t != MVCC_OP_RANGE) {
+      return false;
+    }
+  }
+  return true;
+}
+
+struct early {
+  struct fsm *f;
+  struct mvcc_result *res;
+  size_t n;
+  bool answered;
+};
+
+/* Answers the queued entries from..n-1 (on_op only when applied); frees the
+ * results of the ones before from, answered by an earlier try. */
+static void answer(struct fsm *f, struct mvcc_result *res, size_t from, size_t n, bool applied) {
+  for (size_t i = 0; i < from; i++) {
+    mvcc_result_free(&res[i]);
+  }
+  for (size_t i = from; i < n; i++) {
+    CAIRN_ASSERT(res[i].err != CAIRN_EREPLAY);
+    if (applied && f->on_op != NULL) {
+      f->on_op(f->ctx, &f->queue[i].op, &res[i]);
+    }
+    f->on_result(f->ctx, f->queue[i].request_id, f->queue[i].index, &res[i]);
+  }
+}
+
+/* mvcc_apply_ready's ready: every op ran, the commit is next. */
+static void on_ready(void *data) {
+  struct early *e = data;
+  struct fsm *f = e->f;
+  answer(f, e->res, f->n_answered, e->n, true);
+  e->answered = true;
+  f->n_answered = e->n;
+  f->on_answered(f->ctx);
+}
+
 int fsm_flush(struct fsm *f) {
   if (f->store_state == FSM_STORE_CATCHING_UP && f->apply_error == 0) {
     int hrc = held_to_queue(f);
@@ -317,18 +365,30 @@ int fsm_flush(struct fsm *f) {
   }
   int64_t rev = mvcc_current_revision(f->store);
   uint64_t t0 = uv_hrtime();
-  int rc = f->apply_error != 0 ? f->apply_error : mvcc_apply(f->store, ops, n, res);
+  struct early e = {.f = f, .res = res, .n = n, .answered = false};
+  int rc = f->apply_error;
+  if (rc == 0) {
+    /* After a try that answered early and then failed, the rest is answered
+     * early too, whatever it holds: the order of answers stays. */
+    bool early = f->n_answered > 0 || early_answers(f);
+    rc = mvcc_apply_ready(f->store, ops, n, res, early ? on_ready : NULL, &e, NULL);
+  }
   free(ops);
   if (rc == 0 && f->on_batch != NULL) {
     f->on_batch(f->ctx, (double)(uv_hrtime() - t0) / 1e9, n);
   }
   if (rc == CAIRN_ENOMEM || rc == CAIRN_EBUSY) {
-    free(res);
+    free(res); /* answered (and so freed) by on_ready, or freed by the store */
     return rc; /* nothing committed: the queue stays for the next flush */
   }
+  size_t from = f->n_answered;
+  if (e.answered) {
+    from = n; /* on_ready answered them all */
+  }
+  f->n_answered = 0;
   if (rc != 0) {
     halt(f, rc, f->queue[0].index, "store");
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = from; i < n; i++) {
       memset(&res[i], 0, sizeof res[i]);
       res[i].type = f->queue[i].op.type;
       res[i].err = f->apply_error;
@@ -344,12 +404,8 @@ int fsm_flush(struct fsm *f) {
       f->on_revision(f->ctx, now);
     }
   }
-  for (size_t i = 0; i < n; i++) {
-    CAIRN_ASSERT(res[i].err != CAIRN_EREPLAY);
-    if (rc == 0 && f->on_op != NULL) {
-      f->on_op(f->ctx, &f->queue[i].op, &res[i]);
-    }
-    f->on_result(f->ctx, f->queue[i].request_id, f->queue[i].index, &res[i]);
+  if (!e.answered) {
+    answer(f, res, from, n, rc == 0);
   }
   free(res);
   queue_release(f);

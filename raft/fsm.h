@@ -84,6 +84,17 @@ typedef void (*fsm_queued_cb)(void *ctx);
  * batch's apply time. Set after fsm_init(); NULL: not wanted. */
 typedef void (*fsm_op_cb)(void *ctx, const struct mvcc_op *op, const struct mvcc_result *result);
 typedef void (*fsm_batch_cb)(void *ctx, double seconds, size_t entries);
+/* Early answers: a batch of key-value ops only (put, delete, txn, range) is
+ * answered once its ops have run and before its LMDB commit, which then
+ * overlaps the answers' trip to the clients instead of preceding it. The
+ * entries are durable in the raft log already, which is what a write's
+ * success means; a commit that fails after the answers halts the store, and
+ * the entries are applied again from the log at the next start. Nothing
+ * reads the batch's data before the commit: the loop thread is in it, and
+ * fsm_store_holds() counts the batch as queued until it is done. Set after
+ * fsm_init() (NULL: no early answers); called after on_op and on_result of
+ * the batch's ops, before the commit: the results are out, send them. */
+typedef void (*fsm_answered_cb)(void *ctx);
 
 struct command;
 struct fsm_queued {
@@ -123,8 +134,10 @@ struct fsm {
   fsm_queued_cb on_queued;
   fsm_op_cb on_op;
   fsm_batch_cb on_batch;
+  fsm_answered_cb on_answered;
   struct fsm_queued queue[FSM_BATCH_MAX];
   size_t n_queued;
+  size_t n_answered; /* queued entries answered early by a flush that failed after */
   uint64_t batches;  /* LMDB transactions that applied entries */
   bool starting;     /* set by the caller around raft_start(): restores are its own */
   int apply_error;   /* 0, or the CAIRN_E* code that halted the state machine */

@@ -77,14 +77,7 @@ void raftnode_schedule_delivery(raftnode *n) {
 
 /* Runs the watch hub's wake-up, then the proposers' callbacks of the
  * outcomes known now (those that arrive meanwhile wait for the next turn). */
-static void deliver(raftnode *n) {
-  snapinstall_deliver(n);
-  if (n->notify_pending) {
-    n->notify_pending = false;
-    if (n->applied_cb != NULL) {
-      n->applied_cb(n->applied_data, n->notify_revision);
-    }
-  }
+static void deliver_done(raftnode *n) {
   struct proposal *last = n->done.tail;
   while (last != NULL) {
     struct proposal *p = n->done.head;
@@ -97,6 +90,17 @@ static void deliver(raftnode *n) {
       break;
     }
   }
+}
+
+static void deliver(raftnode *n) {
+  snapinstall_deliver(n);
+  if (n->notify_pending) {
+    n->notify_pending = false;
+    if (n->applied_cb != NULL) {
+      n->applied_cb(n->applied_data, n->notify_revision);
+    }
+  }
+  deliver_done(n);
 }
 
 static void on_deliver(uv_timer_t *t) {
@@ -351,6 +355,16 @@ static void on_fsm_op(void *ctx, const struct mvcc_op *op, const struct mvcc_res
   }
 }
 
+/* A batch answered early: its proposers' callbacks now, then the owner
+ * sends (the watch hub's wake-up waits for the commit, at the next turn). */
+static void on_fsm_answered(void *ctx) {
+  raftnode *n = ctx;
+  deliver_done(n);
+  if (n->answered_cb != NULL) {
+    n->answered_cb(n->answered_data);
+  }
+}
+
 static void on_fsm_batch(void *ctx, double seconds, size_t entries) {
   raftnode *n = ctx;
   (void)entries;
@@ -378,6 +392,13 @@ void raftnode_on_append(raftnode *n, void (*cb)(void *data, double seconds), voi
   CAIRN_ASSERT(n != NULL);
   n->append_cb = cb;
   n->append_data = data;
+}
+
+void raftnode_on_answered(raftnode *n, void (*cb)(void *data), void *data) {
+  CAIRN_ASSERT(n != NULL);
+  n->answered_cb = cb;
+  n->answered_data = data;
+  n->fsm.on_answered = cb != NULL ? on_fsm_answered : NULL;
 }
 
 void raftnode_on_applied(raftnode *n, void (*cb)(void *data, int64_t revision), void *data) {

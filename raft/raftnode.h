@@ -112,7 +112,8 @@ int raftnode_propose(raftnode *n, const struct mvcc_op *op, void *data, raftnode
 /* The watch hub's wake-up: cb runs after applied entries changed the store
  * (the revision moved), with the new current revision. Coalesced: at most
  * once per loop turn, with the latest revision, and before the proposal
- * callbacks of the same entries. One listener; cb NULL removes it. */
+ * callbacks of the same entries, except those answered early (below). One
+ * listener; cb NULL removes it. */
 void raftnode_on_applied(raftnode *n, void (*cb)(void *data, int64_t revision), void *data);
 
 /* Called after each successful append to the raft log (its write and sync)
@@ -129,6 +130,14 @@ void raftnode_on_op_applied(raftnode *n,
                                        const struct mvcc_result *result),
                             void *data);
 void raftnode_on_apply_time(raftnode *n, void (*cb)(void *data, double seconds), void *data);
+
+/* Early answers (raft/fsm.h): a batch of key-value ops has its proposal
+ * callbacks run once its ops ran, before its LMDB commit; then cb runs, for
+ * the owner to send the answers now (the commit follows at once, on this
+ * thread, before anything else runs). The callbacks must not read the store
+ * nor write it. Without a listener (cb NULL, the default), every batch is
+ * answered after its commit. */
+void raftnode_on_answered(raftnode *n, void (*cb)(void *data), void *data);
 
 /* State for headers, Status and /metrics. */
 struct raftnode_status {

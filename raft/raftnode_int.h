@@ -96,6 +96,8 @@ struct raftnode {
   void *op_data;
   void (*apply_time_cb)(void *data, double seconds);
   void *apply_time_data;
+  void (*answered_cb)(void *data); /* raftnode_on_answered() */
+  void *answered_data;
   bool notify_pending;
   int64_t notify_revision;
 

@@ -65,6 +65,13 @@ static void on_op_applied(void *data, const struct mvcc_op *op, const struct mvc
   }
 }
 
+/* A batch was answered before its commit (raft/fsm.h): send the answers
+ * now, so that they travel while the commit runs. */
+static void on_answered(void *data) {
+  (void)data;
+  grpc_server_flush(srv.grpc);
+}
+
 static void on_apply_time(void *data, double seconds) {
   (void)data;
   metrics_observe(srv.metrics, METRIC_HIST_APPLY, seconds);
@@ -188,6 +195,7 @@ static void on_forward_closed(void *data) {
 
 static void on_grpc_closed(void *data) {
   (void)data;
+  raftnode_on_answered(srv.raft, NULL, NULL); /* the gRPC server is gone */
   forward_close(&srv, on_forward_closed, NULL);
 }
 
@@ -323,6 +331,8 @@ static int start(void) {
     server_log(LOG_ERROR, "cannot start the gRPC server: %s", cairn_strerror(rc));
     return 1;
   }
+  raftnode_on_answered(srv.raft, on_answered, NULL);
+
   if ((rc = metrics_init(&srv)) != 0 || (rc = kv_service_init(&srv)) != 0 ||
       (rc = watch_service_init(&srv)) != 0 || (rc = lease_service_init(&srv)) != 0 ||
       (rc = maintenance_service_init(&srv)) != 0 || (rc = cluster_service_init(&srv)) != 0 ||

@@ -942,8 +942,12 @@ int mvcc_check_op(const mvcc_store *s, const struct mvcc_op *op) {
 
 /* ---- batches -------------------------------------------------------------- */
 
+/* One try at a batch. ready (may be NULL) runs once every op has run,
+ * before the commit; *readied then turns true, and the results are no longer
+ * this function's to touch. */
 static int batch_once(mvcc_store *s, const struct mvcc_op *ops, size_t n,
-                      struct mvcc_result *results) {
+                      struct mvcc_result *results, void (*ready)(void *data), void *data,
+                      bool *readied) {
   uint64_t base_size = 0;
   int rc = mvcc_size(s, &base_size, NULL);
   if (rc != 0) {
@@ -1017,6 +1021,10 @@ static int batch_once(mvcc_store *s, const struct mvcc_op *ops, size_t n,
   }
   mdb_cursor_close(kv_cur);
   mdb_cursor_close(hist_cur);
+  if (ready != NULL) {
+    *readied = true;
+    ready(data);
+  }
   if (!wrote && applied == s->applied_index) {
     /* A batch of reads: nothing to commit (the results are copies). */
     mdb_txn_abort(txn);
@@ -1030,7 +1038,7 @@ static int batch_once(mvcc_store *s, const struct mvcc_op *ops, size_t n,
   }
   if (mrc != 0) {
     rc = lmdb_err(mrc, "commit batch");
-    for (size_t j = 0; j < n; j++) {
+    for (size_t j = 0; j < n && !*readied; j++) {
       mvcc_result_free(&results[j]);
       results[j].type = ops[j].type;
       results[j].err = rc;
@@ -1047,20 +1055,51 @@ static int batch_once(mvcc_store *s, const struct mvcc_op *ops, size_t n,
   return 0;
 }
 
-int mvcc_apply(mvcc_store *s, const struct mvcc_op *ops, size_t n, struct mvcc_result *results) {
+int mvcc_apply_ready(mvcc_store *s, const struct mvcc_op *ops, size_t n,
+                     struct mvcc_result *results, void (*ready)(void *data), void *data,
+                     bool *ready_called) {
+  bool readied = false;
+  if (ready_called != NULL) {
+    *ready_called = false;
+  }
   if (n == 0) {
     return 0;
   }
+  struct mvcc_result *spare = NULL; /* the results of a run after ready */
+  int rc;
   for (;;) {
-    int rc = batch_once(s, ops, n, results);
+    rc = readied ? batch_once(s, ops, n, spare, NULL, NULL, &readied)
+                 : batch_once(s, ops, n, results, ready, data, &readied);
+    if (ready_called != NULL) {
+      *ready_called = readied;
+    }
     if (rc != CAIRN_ENOSPACE) {
-      return rc;
+      break;
     }
     /* MDB_MAP_FULL: the map is too small for this batch. Grow and retry the
      * whole batch; nothing of it was committed. */
     int grc = store_grow_map(s);
     if (grc != 0) {
-      return grc;
+      rc = grc;
+      break;
+    }
+    if (readied && spare == NULL && (spare = calloc(n, sizeof *spare)) == NULL) {
+      rc = CAIRN_ENOMEM; /* the caller applies the batch again later */
+      break;
+    }
+    for (size_t i = 0; spare != NULL && i < n; i++) {
+      mvcc_result_free(&spare[i]);
     }
   }
+  if (spare != NULL) {
+    for (size_t i = 0; i < n; i++) {
+      mvcc_result_free(&spare[i]);
+    }
+    free(spare);
+  }
+  return rc;
+}
+
+int mvcc_apply(mvcc_store *s, const struct mvcc_op *ops, size_t n, struct mvcc_result *results) {
+  return mvcc_apply_ready(s, ops, n, results, NULL, NULL, NULL);
 }

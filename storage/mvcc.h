@@ -304,6 +304,27 @@ int mvcc_check_op(const mvcc_store *s, const struct mvcc_op *op);
  * results then carry that code). The caller frees each result. */
 int mvcc_apply(mvcc_store *s, const struct mvcc_op *ops, size_t n, struct mvcc_result *results);
 
+/* mvcc_apply() that hands the results over before the commit. Once every op
+ * of the batch has run in the transaction, and before it is committed (its
+ * pages written), ready(data) is called once: from then on the results are
+ * final, the caller's (it may answer from them, and must free them), and
+ * this call does not touch them again. What ready must not do: read the
+ * store (the batch is not visible yet) or write to it (the transaction is
+ * open on this thread).
+ * - The commit can still fail after ready. Then nothing of the batch is in
+ *   the store and the code is returned; the caller answered already, so the
+ *   entries must stay in the raft log to be applied again (the store halts,
+ *   raft/fsm.c). The disk is the only cause: CAIRN_EIO or CAIRN_ENOSPACE.
+ * - When the map must grow at the commit, the batch runs again after the
+ *   growth, into results of its own that are freed here; ready is not called
+ *   again (the outcome is the same: the same ops on the same state).
+ * - A return of CAIRN_ENOMEM or CAIRN_EBUSY (the map could not grow) may come
+ *   after ready: the caller applies the batch again later, without answering
+ *   twice. ready_called (may be NULL) says whether ready ran. */
+int mvcc_apply_ready(mvcc_store *s, const struct mvcc_op *ops, size_t n,
+                     struct mvcc_result *results, void (*ready)(void *data), void *data,
+                     bool *ready_called);
+
 /* Reads outside a batch, at the latest committed state. */
 int mvcc_range(mvcc_store *s, const struct mvcc_range_req *req, struct mvcc_result *out);
 

@@ -16,8 +16,7 @@ static void server_maybe_finish(grpc_server *s);
 /* Drains the dirty list once per loop iteration. A connection dirtied while
  * this runs lands on a fresh list and waits for the next iteration, so one
  * pass is bounded by the connections dirty when it started. */
-static void on_flush_idle(uv_idle_t *h) {
-  grpc_server *s = h->data;
+static void flush_dirty(grpc_server *s) {
   grpc_conn *list = s->dirty;
   s->dirty = NULL;
   while (list) {
@@ -28,10 +27,19 @@ static void on_flush_idle(uv_idle_t *h) {
     grpc_conn_enter(c);
     grpc_conn_after(c); /* flushes, closes if it failed or drained */
   }
+}
+
+static void on_flush_idle(uv_idle_t *h) {
+  grpc_server *s = h->data;
+  flush_dirty(s);
   if (!s->dirty) {
     uv_idle_stop(h);
   }
   server_maybe_finish(s);
+}
+
+void grpc_server_flush(grpc_server *s) {
+  flush_dirty(s); /* the idle handle, if started, finds less or nothing */
 }
 
 void grpc_server_mark_dirty(grpc_server *s, grpc_conn *c) {

@@ -184,6 +184,12 @@ int grpc_server_listen(grpc_server *s, const char *host, int port,
  * it on accepts what waits. */
 void grpc_server_set_accepting(grpc_server *s, bool on);
 
+/* Writes what the calls queued since the last flush now, instead of at the
+ * end of this loop turn (the idle handle that otherwise does it). For a
+ * caller with more work to do on this turn before the loop polls again (the
+ * server: a batch's answers go out before its commit). */
+void grpc_server_flush(grpc_server *s);
+
 /* The port actually bound by the last grpc_server_listen (for port 0). */
 int grpc_server_port(const grpc_server *s);
 

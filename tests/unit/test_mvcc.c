@@ -576,6 +576,84 @@ static void test_batch_and_replay(void) {
   CHECK_ERR(mvcc_meta_get(st, "nope", buf, sizeof buf, &len), CAIRN_EKEY_NOT_FOUND);
 }
 
+/* mvcc_apply_ready: what ready sees, and how often it runs. */
+struct ready_seen {
+  unsigned calls;
+  int64_t committed; /* the store's revision during the call */
+  int64_t first_rev; /* the first result's revision then */
+  struct mvcc_result *res;
+};
+
+static void on_ready_seen(void *data) {
+  struct ready_seen *r = data;
+  r->calls++;
+  r->committed = mvcc_current_revision(st);
+  r->first_rev = r->res[0].u.put.revision;
+}
+
+/* The results come out before the commit, once, also when the map has to
+ * grow under the batch (the batch runs again; ready does not). */
+static void test_apply_ready(void) {
+  struct mvcc_op ops[3];
+  memset(ops, 0, sizeof ops);
+  uint64_t index = mvcc_applied_index(st);
+  for (int i = 0; i < 3; i++) {
+    ops[i].type = MVCC_OP_PUT;
+    ops[i].raft_index = index + 1 + (uint64_t)i;
+    ops[i].raft_term = 7;
+    ops[i].u.put.key = B("ready");
+    ops[i].u.put.value = B("v");
+  }
+  struct mvcc_result res[3];
+  int64_t before = mvcc_current_revision(st);
+  struct ready_seen seen = {.res = res};
+  bool called = false;
+  CHECK_OK(mvcc_apply_ready(st, ops, 3, res, on_ready_seen, &seen, &called));
+  CHECK(called);
+  CHECK_EQ_INT(seen.calls, 1);
+  CHECK_EQ_INT(seen.committed, before);     /* not committed during the call */
+  CHECK_EQ_INT(seen.first_rev, before + 1); /* the results final */
+  CHECK_EQ_INT(mvcc_current_revision(st), before + 3);
+  CHECK_EQ_INT(mvcc_applied_index(st), index + 3);
+  for (int i = 0; i < 3; i++) {
+    CHECK_EQ_INT(res[i].u.put.revision, before + 1 + i);
+    mvcc_result_free(&res[i]);
+  }
+  /* A batch larger than the map (64 MiB at open): MDB_MAP_FULL, growth, the
+   * batch again; ready once, with the outcome of the run that committed. */
+  enum { BIG = 72 };
+  size_t vlen = 1024u * 1024u;
+  uint8_t *value = malloc(vlen);
+  CHECK(value != NULL);
+  memset(value, 'x', vlen);
+  struct mvcc_op big[BIG];
+  struct mvcc_result bres[BIG];
+  char keys[BIG][16];
+  memset(big, 0, sizeof big);
+  index = mvcc_applied_index(st);
+  before = mvcc_current_revision(st);
+  for (int i = 0; i < BIG; i++) {
+    snprintf(keys[i], sizeof keys[i], "big%02d", i);
+    big[i].type = MVCC_OP_PUT;
+    big[i].raft_index = index + 1 + (uint64_t)i;
+    big[i].raft_term = 7;
+    big[i].u.put.key = B(keys[i]);
+    big[i].u.put.value = (struct mvcc_bytes){value, vlen};
+  }
+  seen = (struct ready_seen){.res = bres};
+  CHECK_OK(mvcc_apply_ready(st, big, BIG, bres, on_ready_seen, &seen, &called));
+  CHECK(called);
+  CHECK_EQ_INT(seen.calls, 1);
+  CHECK_EQ_INT(seen.committed, before);
+  CHECK_EQ_INT(mvcc_current_revision(st), before + BIG);
+  for (int i = 0; i < BIG; i++) {
+    CHECK_OK(bres[i].err);
+    CHECK_EQ_INT(bres[i].u.put.revision, before + 1 + i);
+    mvcc_result_free(&bres[i]);
+  }
+  free(value);
+}
+
 static void test_snapshot_and_defrag(void) {
   char path[512];
   snprintf(path, sizeof path, "%s/../%s.snap", dir, "cairn-test");
@@ -832,6 +910,7 @@ int main(void) {
   TEST_RUN(test_compaction);
   TEST_RUN(test_leases);
   TEST_RUN(test_batch_and_replay);
+  TEST_RUN(test_apply_ready);
   TEST_RUN(test_snapshot_and_defrag);
   TEST_RUN(test_sync_marker);
   TEST_RUN(test_map_release);

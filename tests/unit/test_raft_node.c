@@ -600,6 +600,93 @@ static void test_inflight(void) {
   cluster_close(&c);
 }
 
+/* What the early-answer listener saw at each call. */
+struct answered {
+  struct member *m;
+  struct waiter *w;
+  bool *seen; /* answered at an earlier call */
+  size_t n;
+  unsigned calls;
+  size_t done_at_first; /* waiters answered at the first call */
+  bool before_commit;   /* each answered write's revision was not in the store yet */
+};
+
+static void on_answered(void *data) {
+  struct answered *a = data;
+  size_t done = 0;
+  int64_t committed = mvcc_current_revision(a->m->store);
+  for (size_t i = 0; i < a->n; i++) {
+    if (a->w[i].done) {
+      done++;
+      if (!a->seen[i] && a->w[i].has_result && a->w[i].result.u.put.revision <= committed) {
+        a->before_commit = false; /* answered for this call after its commit */
+      }
+      a->seen[i] = true;
+    }
+  }
+  if (a->calls++ == 0) {
+    a->done_at_first = done;
+  }
+}
+
+/* Early answers: a batch of puts is answered before its LMDB commit (the
+ * listener runs with the answers out and the store still at the revision
+ * before them), and the store has them right after; a batch with a lease op
+ * is answered after its commit, as before. */
+static void test_early_answers(void) {
+  struct cluster c;
+  cluster_init(&c, 1);
+  struct member *m = &c.m[0];
+  CHECK_OK(member_start(&c, 0));
+  CHECK(run_until(&c.loop, is_leader, m, 5000));
+  CHECK(run_until(&c.loop, table_written, m, 5000));
+  enum { N = 64 };
+  struct waiter w[N];
+  memset(w, 0, sizeof w);
+  bool seen[N] = {false};
+  struct answered a = {.m = m, .w = w, .seen = seen, .n = N, .before_commit = true};
+  raftnode_on_answered(m->node, on_answered, &a);
+  char key[32];
+  for (size_t i = 0; i < N; i++) {
+    snprintf(key, sizeof key, "early%02zu", i);
+    struct mvcc_op op = put_op(key, "v", 0);
+    CHECK_OK(raftnode_propose(m->node, &op, &w[i], on_proposed));
+  }
+  CHECK(run_until(&c.loop, flag_set, &w[N - 1].done, 10000));
+  CHECK(a.calls >= 1);
+  CHECK(a.done_at_first >= 1);
+  CHECK(a.before_commit);
+  for (size_t i = 0; i < N; i++) {
+    CHECK(w[i].done);
+    CHECK_OK(w[i].status);
+    CHECK_OK(w[i].result.err);
+    snprintf(key, sizeof key, "early%02zu", i);
+    int64_t mod = 0;
+    check_value(m->store, key, "v", &mod);
+    CHECK_EQ_INT(mod, w[i].result.u.put.revision);
+    waiter_free(&w[i]);
+  }
+  /* Not for a lease grant: the lessor reads what it applies back. */
+  unsigned calls = a.calls;
+  struct mvcc_op op = {.type = MVCC_OP_LEASE_GRANT};
+  op.u.lease_grant.id = 78;
+  op.u.lease_grant.ttl = 60;
+  op.u.lease_grant.now_ms = 1000;
+  struct waiter lw = propose_wait(&c, m, &op);
+  CHECK_OK(lw.status);
+  CHECK_OK(lw.result.err);
+  waiter_free(&lw);
+  CHECK_EQ_INT(a.calls, calls);
+  /* Without a listener, no batch is answered early. */
+  raftnode_on_answered(m->node, NULL, NULL);
+  struct mvcc_op put = put_op("late", "v", 0);
+  struct waiter pw = propose_wait(&c, m, &put);
+  CHECK_OK(pw.status);
+  waiter_free(&pw);
+  CHECK_EQ_INT(a.calls, calls);
+  cluster_close(&c);
+}
+
 /* Stop with proposals in flight: each gets an outcome before closed_cb. */
 static void test_stop_inflight(void) {
   struct cluster c;
@@ -1098,6 +1185,7 @@ int main(void) {
   TEST_RUN(test_single_ops);
   TEST_RUN(test_restart);
   TEST_RUN(test_inflight);
+  TEST_RUN(test_early_answers);
   TEST_RUN(test_stop_inflight);
   TEST_RUN(test_kill9);
   TEST_RUN(test_start_refusals);
