@@ -293,7 +293,7 @@ bool fsm_store_holds(const struct fsm *f, uint64_t index) {
  * The others' answers (leases, members, alarms, compaction) update state
  * that may be read back from the store at once. */
 static bool early_answers(const struct fsm *f) {
-  if (f->on_answered == NULL) {
+  if (f->on_answered == NULL || (f->may_answer != NULL && !f->may_answer(f->ctx))) {
     return false;
   }
   for (size_t i = 0; i < f->n_queued; i++) {

@@ -95,6 +95,10 @@ typedef void (*fsm_batch_cb)(void *ctx, double seconds, size_t entries);
  * fsm_init() (NULL: no early answers); called after on_op and on_result of
  * the batch's ops, before the commit: the results are out, send them. */
 typedef void (*fsm_answered_cb)(void *ctx);
+/* Asked before a batch is answered early: false when the owner has answers
+ * of earlier batches still to deliver (they may read the store: not inside
+ * a batch), and the batch is then answered after its commit. NULL: yes. */
+typedef bool (*fsm_may_answer_cb)(void *ctx);
 
 struct command;
 struct fsm_queued {
@@ -135,6 +139,7 @@ struct fsm {
   fsm_op_cb on_op;
   fsm_batch_cb on_batch;
   fsm_answered_cb on_answered;
+  fsm_may_answer_cb may_answer;
   struct fsm_queued queue[FSM_BATCH_MAX];
   size_t n_queued;
   size_t n_answered; /* queued entries answered early by a flush that failed after */

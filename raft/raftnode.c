@@ -365,6 +365,15 @@ static void on_fsm_answered(void *ctx) {
   }
 }
 
+/* Only with nothing else to deliver: the done queue may hold outcomes of
+ * earlier batches, whose callbacks may read the store (the lessor's
+ * promotion reads the leases). Those run after the commit, at the next
+ * delivery, and this batch's answers after them, in order. */
+static bool on_fsm_may_answer(void *ctx) {
+  raftnode *n = ctx;
+  return n->done.head == NULL;
+}
+
 static void on_fsm_batch(void *ctx, double seconds, size_t entries) {
   raftnode *n = ctx;
   (void)entries;
@@ -399,6 +408,7 @@ void raftnode_on_answered(raftnode *n, void (*cb)(void *data), void *data) {
   n->answered_cb = cb;
   n->answered_data = data;
   n->fsm.on_answered = cb != NULL ? on_fsm_answered : NULL;
+  n->fsm.may_answer = on_fsm_may_answer;
 }
 
 void raftnode_on_applied(raftnode *n, void (*cb)(void *data, int64_t revision), void *data) {

@@ -1045,6 +1045,10 @@ static int batch_once(mvcc_store *s, const struct mvcc_op *ops, size_t n,
     }
     return rc;
   }
+  /* The read view goes with the commit: one opened before it (by a reader
+   * that ran while the transaction was open, as ready may) must not serve
+   * the reads after it. */
+  store_park_rtxn(s);
   store_note_commit(s, base_size);
   CAIRN_ASSERT(c.rev >= s->rev);
   CAIRN_ASSERT(applied >= s->applied_index);

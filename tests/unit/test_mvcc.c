@@ -581,14 +581,25 @@ struct ready_seen {
   unsigned calls;
   int64_t committed; /* the store's revision during the call */
   int64_t first_rev; /* the first result's revision then */
+  int64_t read_mod;  /* a read of key "ready" then: its mod revision (0: none) */
   struct mvcc_result *res;
 };
+
+static int64_t mod_revision_of(const char *key) {
+  struct mvcc_range_req q = {.key = B(key)};
+  struct mvcc_result r;
+  CHECK_OK(mvcc_range(st, &q, &r));
+  int64_t mod = r.u.range.n_kvs == 1 ? r.u.range.kvs[0].mod_revision : 0;
+  mvcc_result_free(&r);
+  return mod;
+}
 
 static void on_ready_seen(void *data) {
   struct ready_seen *r = data;
   r->calls++;
   r->committed = mvcc_current_revision(st);
   r->first_rev = r->res[0].u.put.revision;
+  r->read_mod = mod_revision_of("ready");
 }
 
 /* The results come out before the commit, once, also when the map has to
@@ -605,6 +616,11 @@ static void test_apply_ready(void) {
     ops[i].u.put.value = B("v");
   }
   struct mvcc_result res[3];
+  int64_t old_mod = put("ready", "old");
+  index = mvcc_applied_index(st);
+  for (int i = 0; i < 3; i++) {
+    ops[i].raft_index = index + 1 + (uint64_t)i;
+  }
   int64_t before = mvcc_current_revision(st);
   struct ready_seen seen = {.res = res};
   bool called = false;
@@ -613,7 +629,11 @@ static void test_apply_ready(void) {
   CHECK_EQ_INT(seen.calls, 1);
   CHECK_EQ_INT(seen.committed, before);     /* not committed during the call */
   CHECK_EQ_INT(seen.first_rev, before + 1); /* the results final */
+  CHECK_EQ_INT(seen.read_mod, old_mod);     /* a read then: the state before */
   CHECK_EQ_INT(mvcc_current_revision(st), before + 3);
+  /* A read after the commit sees the batch, although a read view was
+   * opened while the transaction was (the view goes with the commit). */
+  CHECK_EQ_INT(mod_revision_of("ready"), before + 3);
   CHECK_EQ_INT(mvcc_applied_index(st), index + 3);
   for (int i = 0; i < 3; i++) {
     CHECK_EQ_INT(res[i].u.put.revision, before + 1 + i);
