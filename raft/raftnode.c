@@ -150,7 +150,9 @@ static void on_fsm_revision(void *ctx, int64_t revision) {
 
 static void on_flush(uv_timer_t *t) {
   raftnode *n = t->data;
+  n->in_flush_timer = true;
   int rc = fsm_flush(&n->fsm);
+  n->in_flush_timer = false;
   if ((rc == CAIRN_ENOMEM || rc == CAIRN_EBUSY) && n->state != NODE_CLOSING) {
     uv_timer_start(&n->flush_timer, on_flush, FLUSH_RETRY_MS, 0);
   }
@@ -365,13 +367,16 @@ static void on_fsm_answered(void *ctx) {
   }
 }
 
-/* Only with nothing else to deliver: the done queue may hold outcomes of
- * earlier batches, whose callbacks may read the store (the lessor's
- * promotion reads the leases). Those run after the commit, at the next
- * delivery, and this batch's answers after them, in order. */
+/* Only from the flush timer, and only with nothing else to deliver.
+ * - The other flushes run inside libraft's callbacks (a full queue in its
+ *   apply, a snapshot): proposers' callbacks are not run from there.
+ * - The done queue may hold outcomes of earlier batches, whose callbacks may
+ *   read the store (the lessor's promotion reads the leases). Those run
+ *   after the commit, at the next delivery, and this batch's answers after
+ *   them, in order. */
 static bool on_fsm_may_answer(void *ctx) {
   raftnode *n = ctx;
-  return n->done.head == NULL;
+  return n->in_flush_timer && n->done.head == NULL;
 }
 
 static void on_fsm_batch(void *ctx, double seconds, size_t entries) {

@@ -97,6 +97,7 @@ struct raftnode {
   void (*apply_time_cb)(void *data, double seconds);
   void *apply_time_data;
   void (*answered_cb)(void *data); /* raftnode_on_answered() */
+  bool in_flush_timer; /* the flush timer's fsm_flush() runs (not one inside libraft) */
   void *answered_data;
   bool notify_pending;
   int64_t notify_revision;
