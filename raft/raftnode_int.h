@@ -97,8 +97,8 @@ struct raftnode {
   void (*apply_time_cb)(void *data, double seconds);
   void *apply_time_data;
   void (*answered_cb)(void *data); /* raftnode_on_answered() */
-  bool in_flush_timer; /* the flush timer's fsm_flush() runs (not one inside libraft) */
   void *answered_data;
+  bool in_flush_timer; /* fsm_flush() from the flush timer (not from inside libraft) */
   bool notify_pending;
   int64_t notify_revision;
 
