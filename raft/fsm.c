@@ -371,7 +371,7 @@ int fsm_flush(struct fsm *f) {
     /* After a try that answered early and then failed, the rest is answered
      * early too, whatever it holds: the order of answers stays. */
     bool early = f->n_answered > 0 || early_answers(f);
-    rc = mvcc_apply_ready(f->store, ops, n, res, early ? on_ready : NULL, &e, NULL);
+    rc = mvcc_apply_ready(f->store, ops, n, res, early ? on_ready : NULL, &e);
   }
   free(ops);
   if (rc == 0 && f->on_batch != NULL) {

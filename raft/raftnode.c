@@ -413,7 +413,6 @@ void raftnode_on_answered(raftnode *n, void (*cb)(void *data), void *data) {
   n->answered_cb = cb;
   n->answered_data = data;
   n->fsm.on_answered = cb != NULL ? on_fsm_answered : NULL;
-  n->fsm.may_answer = on_fsm_may_answer;
 }
 
 void raftnode_on_applied(raftnode *n, void (*cb)(void *data, int64_t revision), void *data) {
@@ -772,6 +771,7 @@ int raftnode_start(uv_loop_t *loop, mvcc_store *store, const struct raftnode_opt
   fsm_init(&n->fsm, n->r, store, n, on_fsm_result, on_fsm_revision, on_fsm_queued);
   n->fsm.on_op = on_fsm_op;
   n->fsm.on_batch = on_fsm_batch;
+  n->fsm.may_answer = on_fsm_may_answer;
   /* A store behind raft's snapshot is fetched from another member; with
    * none, it is refused at start (snapshot_install.c). */
   n->fsm.on_behind = snapinstall_on_behind;

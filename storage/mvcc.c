@@ -1060,12 +1060,8 @@ static int batch_once(mvcc_store *s, const struct mvcc_op *ops, size_t n,
 }
 
 int mvcc_apply_ready(mvcc_store *s, const struct mvcc_op *ops, size_t n,
-                     struct mvcc_result *results, void (*ready)(void *data), void *data,
-                     bool *ready_called) {
+                     struct mvcc_result *results, void (*ready)(void *data), void *data) {
   bool readied = false;
-  if (ready_called != NULL) {
-    *ready_called = false;
-  }
   if (n == 0) {
     return 0;
   }
@@ -1074,9 +1070,6 @@ int mvcc_apply_ready(mvcc_store *s, const struct mvcc_op *ops, size_t n,
   for (;;) {
     rc = readied ? batch_once(s, ops, n, spare, NULL, NULL, &readied)
                  : batch_once(s, ops, n, results, ready, data, &readied);
-    if (ready_called != NULL) {
-      *ready_called = readied;
-    }
     if (rc != CAIRN_ENOSPACE) {
       break;
     }
@@ -1105,5 +1098,5 @@ int mvcc_apply_ready(mvcc_store *s, const struct mvcc_op *ops, size_t n,
 }
 
 int mvcc_apply(mvcc_store *s, const struct mvcc_op *ops, size_t n, struct mvcc_result *results) {
-  return mvcc_apply_ready(s, ops, n, results, NULL, NULL, NULL);
+  return mvcc_apply_ready(s, ops, n, results, NULL, NULL);
 }

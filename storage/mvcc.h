@@ -320,10 +320,9 @@ int mvcc_apply(mvcc_store *s, const struct mvcc_op *ops, size_t n, struct mvcc_r
  *   again (the outcome is the same: the same ops on the same state).
  * - A return of CAIRN_ENOMEM or CAIRN_EBUSY (the map could not grow) may come
  *   after ready: the caller applies the batch again later, without answering
- *   twice. ready_called (may be NULL) says whether ready ran. */
+ *   twice (ready itself can record that it ran). */
 int mvcc_apply_ready(mvcc_store *s, const struct mvcc_op *ops, size_t n,
-                     struct mvcc_result *results, void (*ready)(void *data), void *data,
-                     bool *ready_called);
+                     struct mvcc_result *results, void (*ready)(void *data), void *data);
 
 /* Reads outside a batch, at the latest committed state. */
 int mvcc_range(mvcc_store *s, const struct mvcc_range_req *req, struct mvcc_result *out);

@@ -163,6 +163,16 @@ static bool table_written(void *arg) {
   return raftnode_self_published(m->node);
 }
 
+/* One member, started and leader, its member table written: the entries
+ * proposed from here on are the test's own. */
+static struct member *start_single(struct cluster *c) {
+  struct member *m = &c->m[0];
+  CHECK_OK(member_start(c, 0));
+  CHECK(run_until(&c->loop, is_leader, m, 5000));
+  CHECK(run_until(&c->loop, table_written, m, 5000));
+  return m;
+}
+
 /* ---- proposals ------------------------------------------------------------ */
 
 struct waiter {
@@ -548,11 +558,7 @@ static void test_inflight(void) {
   struct cluster c;
   cluster_init(&c, 1);
   c.opts.snapshot_count = 1000;
-  struct member *m = &c.m[0];
-  CHECK_OK(member_start(&c, 0));
-  CHECK(run_until(&c.loop, is_leader, m, 5000));
-  /* The leader's first write (the member table) is done: all n are ours. */
-  CHECK(run_until(&c.loop, table_written, m, 5000));
+  struct member *m = start_single(&c); /* all n entries are ours */
   size_t n = RAFTNODE_INFLIGHT_MAX;
   ops_seen = 0;
   apply_seconds = 0;
@@ -636,10 +642,7 @@ static void on_answered(void *data) {
 static void test_early_answers(void) {
   struct cluster c;
   cluster_init(&c, 1);
-  struct member *m = &c.m[0];
-  CHECK_OK(member_start(&c, 0));
-  CHECK(run_until(&c.loop, is_leader, m, 5000));
-  CHECK(run_until(&c.loop, table_written, m, 5000));
+  struct member *m = start_single(&c);
   enum { N = 64 };
   struct waiter w[N];
   memset(w, 0, sizeof w);
