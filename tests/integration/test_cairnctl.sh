@@ -6,8 +6,8 @@
 # goes to all three; their stdout, the last line of stderr and the exit
 # code must agree once what differs by nature is normalised (cluster and
 # member IDs, ports, lease IDs, raft terms). Each server gets the same
-# writes, so revisions stay equal. Ports: 36300-36399 (the TLS servers: any
-# free ports).
+# writes, so revisions stay equal. Ports: free ones picked at the start
+# (36397-36399 are only named as peers or dead endpoints, never bound).
 #
 #   bash tests/integration/test_cairnctl.sh <build-dir>
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" "$@"
@@ -25,8 +25,8 @@ fi
 # 0: etcd A (etcdctl), 1: etcd B (cairnctl), 2: cairn (cairnctl).
 SRV_BIN=("$IT_ETCD_BIN" "$IT_ETCD_BIN" "$CAIRN_BIN")
 SRV_WHAT=("etcdctl@etcd" "cairnctl@etcd" "cairnctl@cairn")
-CPORT=(36310 36320 36300)
-PPORT=(36311 36321 36301)
+read -r -a CPORT <<<"$(it_free_ports 3)"
+read -r -a PPORT <<<"$(it_free_ports 3)"
 SRV_PID=("" "" "")
 CID=("" "" "")
 MID=("" "" "")
@@ -665,9 +665,9 @@ for i in 0 1 2; do
   sed -i "s/snap\\.$i\\.db/snap.db/" "$IT_TMP/out.$i"
   cmp -s "$IT_TMP/out.0" "$IT_TMP/out.$i" || it_fail "snapshot save output: $(cat "$IT_TMP/out.$i")"
 done
-it_run "$CTL_BIN" --endpoints=127.0.0.1:36310,127.0.0.1:36300 snapshot save "$IT_TMP/x.db"
+it_run "$CTL_BIN" --endpoints=127.0.0.1:${CPORT[0]},127.0.0.1:${CPORT[2]} snapshot save "$IT_TMP/x.db"
 assert_rc 128
-assert_err_last "Error: snapshot must be requested to one selected node, not multiple [127.0.0.1:36310 127.0.0.1:36300]"
+assert_err_last "Error: snapshot must be requested to one selected node, not multiple [127.0.0.1:${CPORT[0]} 127.0.0.1:${CPORT[2]}]"
 
 it_case "compaction, --physical, a compacted revision, defrag, move-leader"
 tri_ok compaction 5 <<<"compacted revision 5"
@@ -702,15 +702,15 @@ assert_rc 128
 assert_err_last "Error: unknown flag: --nosuch"
 
 it_case "environment: CAIRNCTL_ENDPOINTS, CAIRNCTL_WRITE_OUT; flags win over it"
-it_run env CAIRNCTL_ENDPOINTS=127.0.0.1:36300 CAIRNCTL_WRITE_OUT=json "$CTL_BIN" get x
+it_run env CAIRNCTL_ENDPOINTS=127.0.0.1:${CPORT[2]} CAIRNCTL_WRITE_OUT=json "$CTL_BIN" get x
 assert_rc 0
 assert_match '"kvs":\[\{"key":"eA==",' "$(it_out)" "get through the environment"
-it_run env CAIRNCTL_ENDPOINTS=127.0.0.1:36397 "$CTL_BIN" --endpoints=127.0.0.1:36300 -w simple get x --print-value-only
+it_run env CAIRNCTL_ENDPOINTS=127.0.0.1:36397 "$CTL_BIN" --endpoints=127.0.0.1:${CPORT[2]} -w simple get x --print-value-only
 assert_rc 0
 assert_eq "1" "$(it_out)" "flags over the environment"
 
 it_case "failover: a dead endpoint first in the list"
-it_run "$CTL_BIN" --endpoints=127.0.0.1:36397,127.0.0.1:36300 --dial-timeout=1s get x --print-value-only
+it_run "$CTL_BIN" --endpoints=127.0.0.1:36397,127.0.0.1:${CPORT[2]} --dial-timeout=1s get x --print-value-only
 assert_rc 0
 assert_eq "1" "$(it_out)" "value through the second endpoint"
 
