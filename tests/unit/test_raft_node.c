@@ -13,6 +13,7 @@
 #include "raft/fsm.h"
 #include "raft/memberid.h"
 #include "raft/raftnode.h"
+#include "raft/raftnode_int.h" /* the may-answer rule, read directly */
 #include "test.h"
 #include "test_loop.h"
 
@@ -690,6 +691,58 @@ static void test_early_answers(void) {
   cluster_close(&c);
 }
 
+static bool never(void *ctx) {
+  (void)ctx;
+  return false;
+}
+
+/* The may-answer rule: early only from the flush timer, and only with no
+ * earlier outcome waiting for delivery (its callback may read the store);
+ * and the state machine answers after the commit when the rule says no.
+ * Two batches flushed in one turn with outcomes queued between them cannot
+ * be arranged from outside raft, so the rule is read directly. */
+static void test_may_answer(void) {
+  struct cluster c;
+  cluster_init(&c, 1);
+  struct member *m = start_single(&c);
+  raftnode *n = m->node;
+  enum { N = 16 };
+  struct waiter w[N];
+  memset(w, 0, sizeof w);
+  bool seen[N] = {false};
+  struct answered a = {.m = m, .w = w, .seen = seen, .n = N, .before_commit = true};
+  raftnode_on_answered(n, on_answered, &a);
+  CHECK(n->fsm.may_answer != NULL);
+  CHECK(!n->in_flush_timer);
+  CHECK(!n->fsm.may_answer(n->fsm.ctx)); /* inside libraft's callbacks: no */
+  n->in_flush_timer = true;
+  CHECK(n->done.head == NULL);
+  CHECK(n->fsm.may_answer(n->fsm.ctx)); /* the flush timer, nothing waiting: yes */
+  struct queue saved = n->done;
+  n->done.head = n->done.tail = (struct proposal *)&saved; /* not read, only tested */
+  CHECK(!n->fsm.may_answer(n->fsm.ctx)); /* an outcome waiting: no */
+  n->done = saved;
+  n->in_flush_timer = false;
+  /* Told no, the state machine answers after the commit. */
+  fsm_may_answer_cb rule = n->fsm.may_answer;
+  n->fsm.may_answer = never;
+  char key[32];
+  for (size_t i = 0; i < N; i++) {
+    snprintf(key, sizeof key, "late%02zu", i);
+    struct mvcc_op op = put_op(key, "v", 0);
+    CHECK_OK(raftnode_propose(n, &op, &w[i], on_proposed));
+  }
+  CHECK(run_until(&c.loop, flag_set, &w[N - 1].done, 10000));
+  CHECK_EQ_INT(a.calls, 0);
+  for (size_t i = 0; i < N; i++) {
+    CHECK(w[i].done);
+    CHECK_OK(w[i].status);
+    waiter_free(&w[i]);
+  }
+  n->fsm.may_answer = rule;
+  cluster_close(&c);
+}
+
 /* Stop with proposals in flight: each gets an outcome before closed_cb. */
 static void test_stop_inflight(void) {
   struct cluster c;
@@ -1189,6 +1242,7 @@ int main(void) {
   TEST_RUN(test_restart);
   TEST_RUN(test_inflight);
   TEST_RUN(test_early_answers);
+  TEST_RUN(test_may_answer);
   TEST_RUN(test_stop_inflight);
   TEST_RUN(test_kill9);
   TEST_RUN(test_start_refusals);
