@@ -2,9 +2,9 @@
  * leases, cluster calls, snapshots, the blocking API, failover, deadlines,
  * keepalive and bad servers, against a real single-member cairn (the
  * build's own binary, next to this test) or, with CAIRN_TEST_SERVER=etcd,
- * against /usr/bin/etcd. Ports 36100-36199 only (36150+ for etcd, so both
- * runs may go at once). Each wait has a bound; a watchdog alarm ends a hung
- * test. */
+ * against /usr/bin/etcd. Ports are the kernel's picks (test_free_port), so
+ * both runs may go at once beside other tests. Each wait has a bound; a
+ * watchdog alarm ends a hung test. */
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -19,12 +19,12 @@
 #include "client/cairn.h"
 #include "client/client_int.h"
 #include "test.h"
+#include "test_net.h"
 
 #define WATCHDOG_S 240
 
 static uv_loop_t g_loop;
 static bool g_etcd;
-static int g_base; /* 36100 or 36150 */
 static char g_ep[64];
 static pid_t g_pid;
 static char *g_dir;
@@ -604,7 +604,7 @@ static void test_snapshot(void) {
 /* Endpoints [dead port, live]: the call fails over and succeeds. */
 static void test_failover(void) {
   char dead[64];
-  snprintf(dead, sizeof dead, "127.0.0.1:%d", g_base + 40);
+  snprintf(dead, sizeof dead, "127.0.0.1:%d", test_free_port());
   const char *eps[] = {dead, g_ep};
   cairn_client *c = client_for(eps, 2, 5000);
   CHECK(strcmp(cairn_client_endpoint(c), dead) == 0);
@@ -711,7 +711,7 @@ static void raw_stop(struct raw *rs) {
 
 static void test_bad_servers(void) {
   struct raw rs;
-  int port = g_base + 41;
+  int port = test_free_port();
   raw_start(&rs, port, true);
   char ep[64];
   snprintf(ep, sizeof ep, "127.0.0.1:%d", port);
@@ -753,8 +753,8 @@ static void on_stream_done(grpc_ccall *call, int status, const char *message, vo
  * open stream whose server went silent. */
 static void test_stopped_server(void) {
   char *dir = test_tmpdir("client-stop");
-  int cport = g_base + 11;
-  pid_t pid = server_spawn(dir, cport, g_base + 12);
+  int cport = test_free_port();
+  pid_t pid = server_spawn(dir, cport, test_free_port());
   char ep[64];
   snprintf(ep, sizeof ep, "http://127.0.0.1:%d", cport);
   const char *eps[] = {ep};
@@ -927,12 +927,12 @@ int main(void) {
     printf("  /usr/bin/etcd is not installed: nothing to run against\n");
     return 1;
   }
-  g_base = g_etcd ? 36150 : 36100;
   printf("  server: %s\n", g_etcd ? "etcd" : "cairn");
   CHECK_OK(uv_loop_init(&g_loop));
   g_dir = test_tmpdir(g_etcd ? "client-core-etcd" : "client-core");
-  snprintf(g_ep, sizeof g_ep, "http://127.0.0.1:%d", g_base + 1);
-  g_pid = server_spawn(g_dir, g_base + 1, g_base + 2);
+  int cport = test_free_port();
+  snprintf(g_ep, sizeof g_ep, "http://127.0.0.1:%d", cport);
+  g_pid = server_spawn(g_dir, cport, test_free_port());
   TEST_RUN(test_helpers);
   TEST_RUN(test_new_errors);
   TEST_RUN(test_server_up);

@@ -13,6 +13,7 @@
 #include "raft/memberid.h"
 #include "raft/raftnode.h"
 #include "test.h"
+#include "test_net.h"
 #include "test_loop.h"
 
 #define MEMBERS_MAX 5
@@ -21,17 +22,6 @@
 
 static bool flag_set(void *arg) {
   return *(bool *)arg;
-}
-
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  CHECK(fd >= 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  CHECK(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
-  socklen_t len = sizeof a;
-  CHECK(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
-  close(fd);
-  return ntohs(a.sin_port);
 }
 
 struct member {
@@ -60,7 +50,7 @@ static void member_init(struct cluster *c, size_t i) {
   struct member *m = &c->m[i];
   memset(m, 0, sizeof *m);
   snprintf(m->name, sizeof m->name, "m%zu", i + 1);
-  snprintf(m->url, sizeof m->url, "http://127.0.0.1:%d", free_port());
+  snprintf(m->url, sizeof m->url, "http://127.0.0.1:%d", test_free_port());
   snprintf(m->client_url, sizeof m->client_url, "http://127.0.0.1:%d", 40000 + (int)i);
   m->client_urls[0] = m->client_url;
   m->dir = test_tmpdir("raftmember");
@@ -468,7 +458,7 @@ static void test_membership(void) {
    * restart there it replicates again. */
   char old_url[64];
   snprintf(old_url, sizeof old_url, "%s", c.m[3].url);
-  snprintf(c.m[3].url, sizeof c.m[3].url, "http://127.0.0.1:%d", free_port());
+  snprintf(c.m[3].url, sizeof c.m[3].url, "http://127.0.0.1:%d", test_free_port());
   const char *u4b[1] = {c.m[3].url};
   o = (struct outcome){0};
   CHECK_OK(raftnode_member_update(l->node, id4, u4b, 1, &o, on_member));

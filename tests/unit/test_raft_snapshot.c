@@ -24,24 +24,13 @@
 
 #include "raft/raftnode.h"
 #include "test.h"
+#include "test_net.h"
 #include "test_loop.h"
 
 /* ---- plumbing ------------------------------------------------------------- */
 
 static bool flag_set(void *arg) {
   return *(bool *)arg;
-}
-
-/* A free TCP port on 127.0.0.1 (the kernel's pick). */
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  CHECK(fd >= 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  CHECK(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
-  socklen_t len = sizeof a;
-  CHECK(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
-  close(fd);
-  return ntohs(a.sin_port);
 }
 
 /* One member: its loop is shared; its directory holds store/ and raft/. */
@@ -90,7 +79,7 @@ static void cluster_init(struct cluster *c, size_t n) {
   for (size_t i = 0; i < n; i++) {
     struct member *m = &c->m[i];
     snprintf(m->name, sizeof m->name, "m%u", (unsigned)(i + 1) % 1000u);
-    snprintf(m->url, sizeof m->url, "http://127.0.0.1:%d", free_port());
+    snprintf(m->url, sizeof m->url, "http://127.0.0.1:%d", test_free_port());
     m->dir = test_tmpdir("raftnode");
     snprintf(m->store_dir, sizeof m->store_dir, "%s/store", m->dir);
     CHECK(mkdir(m->store_dir, 0700) == 0);

@@ -25,6 +25,7 @@
 
 #include "rpc.pb-c.h"
 #include "test.h"
+#include "test_net.h"
 #include "wire/grpc.h"
 #include "wire/grpc_client.h"
 #include "wire/grpc_client_int.h"
@@ -377,18 +378,6 @@ static grpc_client *client_plain(struct env *env) {
   char ep[64];
   snprintf(ep, sizeof ep, "127.0.0.1:%d", env->port);
   return client_new(env, ep, NULL);
-}
-
-/* A port nothing listens on (bound, then closed). */
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  CHECK(fd >= 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  CHECK(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
-  socklen_t al = sizeof a;
-  CHECK(getsockname(fd, (struct sockaddr *)&a, &al) == 0);
-  close(fd);
-  return ntohs(a.sin_port);
 }
 
 /* ---- helpers and argument checks ------------------------------------------------------ */
@@ -1072,7 +1061,7 @@ static void test_close_from_callback(void) {
 static void test_refused(void) {
   struct env env;
   env_init(&env, false);
-  int port = free_port();
+  int port = test_free_port();
   char ep[64], want[160];
   snprintf(ep, sizeof ep, "127.0.0.1:%d", port);
   grpc_client *cl = client_new(&env, ep, NULL);
@@ -1692,7 +1681,7 @@ static void test_etcd(void) {
   struct env env;
   env_init(&env, false);
   char *dir = test_tmpdir("wire-client-etcd");
-  int cport = free_port(), pport = free_port();
+  int cport = test_free_port(), pport = test_free_port();
   char curl[64], purl[64], name[128];
   snprintf(curl, sizeof curl, "http://127.0.0.1:%d", cport);
   snprintf(purl, sizeof purl, "http://127.0.0.1:%d", pport);
@@ -1847,7 +1836,7 @@ static void test_keepalive_and_sent(void) {
   /* A refused connection: the request never left. */
   struct env env;
   env_init(&env, true);
-  int port = free_port();
+  int port = test_free_port();
   char ep[64];
   snprintf(ep, sizeof ep, "127.0.0.1:%d", port);
   grpc_client *cl = client_new(&env, ep, NULL);
