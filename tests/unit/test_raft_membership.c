@@ -13,8 +13,8 @@
 #include "raft/memberid.h"
 #include "raft/raftnode.h"
 #include "test.h"
-#include "test_net.h"
 #include "test_loop.h"
+#include "test_net.h"
 
 #define MEMBERS_MAX 5
 

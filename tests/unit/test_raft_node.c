@@ -15,8 +15,8 @@
 #include "raft/raftnode.h"
 #include "raft/raftnode_int.h" /* the may-answer rule, read directly */
 #include "test.h"
-#include "test_net.h"
 #include "test_loop.h"
+#include "test_net.h"
 
 /* ---- plumbing ------------------------------------------------------------- */
 
@@ -709,7 +709,7 @@ static void test_may_answer(void) {
   CHECK(n->fsm.may_answer(n->fsm.ctx)); /* the flush timer, nothing waiting: yes */
   struct queue saved = n->done;
   n->done.head = n->done.tail = (struct proposal *)&saved; /* not read, only tested */
-  CHECK(!n->fsm.may_answer(n->fsm.ctx)); /* an outcome waiting: no */
+  CHECK(!n->fsm.may_answer(n->fsm.ctx));                   /* an outcome waiting: no */
   n->done = saved;
   n->in_flush_timer = false;
   /* Told no, the state machine answers after the commit. */

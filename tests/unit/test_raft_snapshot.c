@@ -24,8 +24,8 @@
 
 #include "raft/raftnode.h"
 #include "test.h"
-#include "test_net.h"
 #include "test_loop.h"
+#include "test_net.h"
 
 /* ---- plumbing ------------------------------------------------------------- */
 
