@@ -381,10 +381,7 @@ int fsm_flush(struct fsm *f) {
     free(res); /* answered (and so freed) by on_ready, or freed by the store */
     return rc; /* nothing committed: the queue stays for the next flush */
   }
-  size_t from = f->n_answered;
-  if (e.answered) {
-    from = n; /* on_ready answered them all */
-  }
+  size_t from = f->n_answered; /* n when on_ready answered them all */
   f->n_answered = 0;
   if (rc != 0) {
     halt(f, rc, f->queue[0].index, "store");

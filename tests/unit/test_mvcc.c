@@ -605,6 +605,7 @@ static void on_ready_seen(void *data) {
 /* The results come out before the commit, once, also when the map has to
  * grow under the batch (the batch runs again; ready does not). */
 static void test_apply_ready(void) {
+  int64_t old_mod = put("ready", "old");
   struct mvcc_op ops[3];
   memset(ops, 0, sizeof ops);
   uint64_t index = mvcc_applied_index(st);
@@ -616,11 +617,6 @@ static void test_apply_ready(void) {
     ops[i].u.put.value = B("v");
   }
   struct mvcc_result res[3];
-  int64_t old_mod = put("ready", "old");
-  index = mvcc_applied_index(st);
-  for (int i = 0; i < 3; i++) {
-    ops[i].raft_index = index + 1 + (uint64_t)i;
-  }
   int64_t before = mvcc_current_revision(st);
   struct ready_seen seen = {.res = res};
   CHECK_OK(mvcc_apply_ready(st, ops, 3, res, on_ready_seen, &seen));
