@@ -70,33 +70,9 @@ static bool next_line(const uint8_t *p, const uint8_t *end, size_t *len, const u
   return true;
 }
 
-long http1_parse_head(const uint8_t *buf, size_t len, struct http1_head *out) {
-  memset(out, 0, sizeof *out);
-  const uint8_t *end = buf + len;
-  /* Find the blank line first, so that nothing is parsed twice while the
-   * head is incomplete. */
-  const uint8_t *p = buf;
-  const uint8_t *head_end = NULL;
-  for (;;) {
-    size_t n = 0;
-    const uint8_t *next = NULL;
-    if (!next_line(p, end, &n, &next)) {
-      return 0;
-    }
-    if (n == 0 && p != buf) {
-      head_end = next;
-      break;
-    }
-    if (n == 0) {
-      return CAIRN_EINVAL; /* a request starts with its request line */
-    }
-    p = next;
-  }
-  /* Request line: method SP target SP HTTP/1.x */
-  size_t n = 0;
-  const uint8_t *next = head_end;
-  next_line(buf, head_end, &n, &next);
-  const uint8_t *line = buf;
+/* The request line (method SP target SP HTTP/1.x, without its line end)
+ * into out; CAIRN_EINVAL when it is not one. */
+static int parse_request_line(const uint8_t *line, size_t n, struct http1_head *out) {
   size_t i = 0;
   while (i < n && is_tchar(line[i])) {
     i++;
@@ -121,9 +97,47 @@ long http1_parse_head(const uint8_t *buf, size_t len, struct http1_head *out) {
     return CAIRN_EINVAL;
   }
   out->minor_version = line[i + 7] - '0';
+  return 0;
+}
+
+long http1_parse_head(const uint8_t *buf, size_t len, struct http1_head *out) {
+  memset(out, 0, sizeof *out);
+  const uint8_t *end = buf + len;
+  /* What can never become a request (garbage, a TLS handshake on the plain
+   * port) is refused as soon as it shows, not after a blank line that may
+   * never come: the method as its bytes arrive, the request line once it
+   * is whole. The header fields are parsed once the head is complete. */
+  size_t m = 0;
+  while (m < len && m < HTTP1_METHOD_MAX && is_tchar(buf[m])) {
+    m++;
+  }
+  if (m < len && (m == 0 || m >= HTTP1_METHOD_MAX || buf[m] != ' ')) {
+    return CAIRN_EINVAL;
+  }
+  const uint8_t *p = buf;
+  const uint8_t *fields = NULL, *head_end = NULL;
+  for (;;) {
+    size_t n = 0;
+    const uint8_t *next = NULL;
+    if (!next_line(p, end, &n, &next)) {
+      return 0;
+    }
+    if (p == buf) {
+      if (parse_request_line(buf, n, out) != 0) {
+        return CAIRN_EINVAL;
+      }
+      fields = next;
+    } else if (n == 0) {
+      head_end = next;
+      break;
+    }
+    p = next;
+  }
+  size_t n = 0;
+  const uint8_t *next = NULL;
   /* Header fields. */
   bool has_length = false, conn_close = false, conn_keep = false;
-  p = next;
+  p = fields;
   for (;;) {
     next_line(p, head_end, &n, &next);
     if (n == 0) {

@@ -110,7 +110,8 @@ assert_server_alive
 
 it_case "bad input (wire_probe.py; each probe checks that the server still answers)"
 timeout 180 "$IT_PYTHON" "$IT_DIR/wire_probe.py" "$IT_ENDPOINT" "$seed" \
-  random_bytes preface_then_garbage bad_frames http1_garbage idle_and_half_open_connections \
+  random_bytes preface_then_garbage bad_frames http1_garbage http1_refused_at_once \
+  idle_and_half_open_connections \
   grpc_by_hand grpc_errors abandoned_streams
 rc=$?
 [[ $rc -eq 0 ]] || it_fail "wire_probe.py failed (exit $rc, details above)"

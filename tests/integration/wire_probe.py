@@ -220,6 +220,29 @@ def case_http1_garbage():
     alive("malformed HTTP/1.1")
 
 
+def case_http1_refused_at_once():
+    """What can never become a request is answered 400 and closed at once,
+    not held open until a blank line that never comes."""
+    payloads = [
+        ("a TLS ClientHello on the plain port", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"
+         + bytes(rng.getrandbits(8) for _ in range(160))),
+        ("NUL bytes", b"\x00" * 5000),
+        ("random bytes after a non-token byte", b"\xff" + bytes(rng.getrandbits(8) for _ in range(4000))),
+        ("a method too long", b"A" * 40),
+        ("a request line without a version, then nothing", b"hello there\n"),
+    ]
+    for what, data in payloads:
+        s = connect()
+        send_quietly(s, data)
+        t0 = time.monotonic()
+        got = drain(s, 5.0)
+        took = time.monotonic() - t0
+        s.close()
+        check(got.startswith(b"HTTP/1.1 400 "), "%s: no 400 (got %r)" % (what, got[:40]))
+        check(took < 4.0, "%s: the connection stayed open %.1f s" % (what, took))
+    alive("input that can never become a request")
+
+
 def case_idle_and_half_open_connections():
     held = []
     for i in range(50):

@@ -1629,8 +1629,11 @@ static void test_tls(void) {
   struct grpc_client_options short_wait = {.ca_file = ca, .connect_timeout_ms = 300};
   tls_unary(&env, ep, &short_wait, &r);
   CHECK_EQ_INT(r.status, GRPC_UNAVAILABLE);
-  CHECK(strstr(r.message, "connect timeout after 300 ms") != NULL);
   printf("    TLS to plaintext: \"%s\"\n", r.message);
+  /* The server refuses the ClientHello at once (HTTP/1.1 400, closed), so
+   * the handshake fails on what came back, before the connect timeout. */
+  CHECK(strstr(r.message, "TLS handshake") != NULL);
+  CHECK(strstr(r.message, "connect timeout") == NULL);
   result_free(&r);
   server_stop(&env);
 

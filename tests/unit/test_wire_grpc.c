@@ -1051,6 +1051,18 @@ static void test_http1_parser(void) {
   for (size_t i = 0; i < sizeof bads / sizeof bads[0]; i++) {
     CHECK_ERR((int)http1_parse_head((const uint8_t *)bads[i], strlen(bads[i]), &h), CAIRN_EINVAL);
   }
+  /* Refused before the head is complete: what can never become a request
+   * (the method as its bytes arrive, the request line once whole). */
+  static const char *const early[] = {
+      "\x16\x03\x01", /* a TLS ClientHello starts so */
+      "\x01\x01\x01",  "G(",
+      "GET\t",         "AAAAAAAAAAAAAAAAAAAA",
+      "hello there\n", "GET / HTTP/2.0\r\nHost: x\r\n",
+  };
+  for (size_t i = 0; i < sizeof early / sizeof early[0]; i++) {
+    CHECK_ERR((int)http1_parse_head((const uint8_t *)early[i], strlen(early[i]), &h), CAIRN_EINVAL);
+  }
+  CHECK_EQ_INT(http1_parse_head((const uint8_t *)"GET / HTTP/1.1\r\nHo", 18, &h), 0);
   /* Random bytes never crash the parser and never read past the end. */
   uint8_t buf[512];
   for (int round = 0; round < (test_small() ? 2000 : 20000); round++) {
